@@ -72,7 +72,7 @@ pytest: venv
 	$(BIN)/pytest -q tests
 
 bench: venv
-	@echo "No benchmarks yet: they arrive with the fused paths."
+	$(PY) tests/bench_sgd.py
 
 clean:
 	rm -rf _build

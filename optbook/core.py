@@ -51,7 +51,8 @@ def _unwrap(x):
 
 _OUT_OF_PLACE = ("add sub mul div addcmul addcdiv lerp maximum minimum clamp_min clamp_max pow sqrt neg abs "
                  "sign exp log reciprocal sigmoid").split()
-_IN_PLACE = [n + "_" for n in _OUT_OF_PLACE] + ["copy_", "zero_"]
+# only the in-place forms that Tensor itself has (there is no Tensor.maximum_), so a rule reads the same on both
+_IN_PLACE = [n + "_" for n in _OUT_OF_PLACE if hasattr(Tensor, n + "_")] + ["copy_", "zero_"]
 
 class TensorList:
     "Tensors of one device and dtype that answer `Tensor` methods with one `torch._foreach_*` call each."

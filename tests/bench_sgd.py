@@ -1,0 +1,54 @@
+"""`make bench`: time one SGD-with-momentum step, optbook against torch.optim, on every available device.
+
+Not a pytest file (timings are not tests). Prints a table of milliseconds per step (median of repeats).
+"""
+import argparse, statistics, time
+
+import torch
+
+import optbook
+
+
+def make_params(n_params, n_tensors, device, dtype):
+    size = n_params // n_tensors
+    ps = [torch.randn(size, device=device, dtype=dtype, requires_grad=True) for _ in range(n_tensors)]
+    for p in ps: p.grad = torch.randn_like(p)
+    return ps
+
+
+def sync(device):
+    if device.type == "cuda": torch.cuda.synchronize()
+
+
+def time_step(opt, device, repeats):
+    opt.step(); sync(device)  # state creation is not part of a step's cost
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter(); opt.step(); sync(device); times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", type=int, default=20_000_000, help="total number of parameters")
+    ap.add_argument("--tensors", type=int, default=50, help="number of parameter tensors")
+    ap.add_argument("--repeats", type=int, default=10)
+    args = ap.parse_args()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    kw = dict(lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    print(f"SGD (momentum, nesterov, weight decay): {args.params / 1e6:.0f}M fp32 params in {args.tensors} tensors")
+    print(f"{'device':8} {'implementation':28} {'ms/step':>8}")
+    for device in devices:
+        for name, cls, extra in [("optbook, for-loop", optbook.SGD, dict(foreach=False)),
+                                 ("optbook, foreach", optbook.SGD, dict(foreach=True)),
+                                 ("torch.optim, for-loop", torch.optim.SGD, dict(foreach=False)),
+                                 ("torch.optim, foreach", torch.optim.SGD, dict(foreach=True)),
+                                 ("torch.optim, fused", torch.optim.SGD, dict(fused=True))]:
+            ps = make_params(args.params, args.tensors, device, torch.float32)
+            ms = time_step(cls(ps, **kw, **extra), device, args.repeats)
+            print(f"{device.type:8} {name:28} {ms:8.1f}", flush=True)
+            del ps
+
+
+if __name__ == "__main__":
+    main()
