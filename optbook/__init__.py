@@ -6,3 +6,4 @@ __all__ = []
 
 # %% ../nbs/index.ipynb #8fc447f7
 from .core import Optimizer, TensorList, default_device
+from .sgd import SGD, sgd_update
