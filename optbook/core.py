@@ -145,9 +145,12 @@ class Optimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; "
                                        "use torch.optim.SparseAdam or a dense gradient")
-                state = self.state[p]
-                first = len(state) == 0
-                if first: self.init_state(p, state, group)
+                state = self.state.get(p)  # .get: an optimizer without state keeps no empty entries, like torch
+                first = not state
+                if first:
+                    state = {}
+                    self.init_state(p, state, group)
+                    if state: self.state[p] = state
                 if self._use_foreach(group, p):
                     batches[(p.device, p.dtype, first, tuple(state))].append(p)
                 else:
