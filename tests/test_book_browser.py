@@ -107,7 +107,7 @@ def test_math_is_typeset(browser, server, doc):
         assert browser.find_elements("css selector", "mjx-container"), f"{doc}: no typeset math"
 
 
-@pytest.mark.parametrize("doc", [d for d in NOTEBOOKS if d != TOC["root"]])
+@pytest.mark.parametrize("doc", NOTEBOOKS)
 def test_colab_link(browser, server, doc):
     load(browser, server, f"{doc}.html")
     want = f"https://colab.research.google.com/github/optbook/optbook/blob/main/{doc}.ipynb"
@@ -115,9 +115,10 @@ def test_colab_link(browser, server, doc):
     assert want in hrefs, f"{doc}: Colab link should be {want}, found {hrefs}"
 
 
-def test_comments_box(browser, server):
-    load(browser, server, "nbs/02_sgd.html")
-    assert "utteranc.es" in browser.page_source, "the page-comments script (utterances) is missing"
+@pytest.mark.parametrize("doc", NOTEBOOKS)
+def test_comments_box(browser, server, doc):
+    load(browser, server, f"{doc}.html")
+    assert "utteranc.es" in browser.page_source, f"{doc}: the page-comments script (utterances) is missing"
 
 
 def test_chinese_search_finds_momentum(browser, server):
