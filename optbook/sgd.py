@@ -13,17 +13,17 @@ __all__ = ['sgd_update', 'SGD']
 
 # %% ../nbs/02_sgd.ipynb #e281770d
 def sgd_update(
-    p: Tensor | TensorList,        # θ：参数，原地更新
-    g: Tensor | TensorList,        # ∇L(θ)：梯度，不会被修改
-    m: Tensor | TensorList | None, # 动量缓冲，原地更新；momentum == 0 时为 None
+    p: Tensor | TensorList,        # θ: the parameters, updated in place
+    g: Tensor | TensorList,        # ∇L(θ): the gradient, left unchanged
+    m: Tensor | TensorList | None, # m: the momentum buffer, updated in place; None when momentum == 0
     *,
-    lr: float,                     # η：学习率
-    momentum: float,               # β：动量系数
-    dampening: float,              # τ：阻尼，新梯度乘以 1 − τ（首步除外）
-    weight_decay: float,           # λ：耦合权重衰减（L2 正则化）
-    nesterov: bool,                # 更新方向用 g + βm 而不是 m
-    maximize: bool,                # 最大化目标：把 g 取反
-    first: bool,                   # m 刚创建（全为 0）后的第一步：m ← g，不乘 1 − τ（PyTorch 的约定）
+    lr: float,                     # η: learning rate
+    momentum: float,               # β: momentum factor
+    dampening: float,              # τ: new gradients enter the buffer times 1 − τ (not on the first step)
+    weight_decay: float,           # λ: coupled weight decay (L2 penalty added to g)
+    nesterov: bool,                # step along d = g + βm instead of d = m
+    maximize: bool,                # maximize the objective: negate g
+    first: bool,                   # m was just created (zeros): m ← g, without 1 − τ (torch's convention)
 ) -> None:
     "One step of SGD with momentum, in place: θ ← θ − η·d, with d = g, m or g + βm."
     eta, beta, tau, lam = lr, momentum, dampening, weight_decay
@@ -31,9 +31,9 @@ def sgd_update(
     if lam != 0: g = g.add(p, alpha=lam)         # g ← g + λθ
     d = g
     if m is not None:
-        if first: m.add_(g)                      # m₁ ← g₁（m 由 init_state 置零：首步不乘 1 − τ）
+        if first: m.add_(g)                      # m₁ ← g₁ (m is zero from init_state; no 1 − τ on step 1)
         else: m.mul_(beta).add_(g, alpha=1 - tau)  # m ← βm + (1 − τ)g
-        d = g.add(m, alpha=beta) if nesterov else m  # d ← g + βm，或 d ← m
+        d = g.add(m, alpha=beta) if nesterov else m  # d ← g + βm, or d ← m
     p.add_(d, alpha=-eta)                        # θ ← θ − ηd
 
 # %% ../nbs/02_sgd.ipynb #deeff7b4

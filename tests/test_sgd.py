@@ -256,3 +256,15 @@ def test_comparison_catches_wrong_rules(mutant, hp, foreach, monkeypatch):
     monkeypatch.setattr(sgd_module, "sgd_update", mutant(sgd_update))
     with pytest.raises(AssertionError):
         compare_with_torch(hp, foreach)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_tensor_hyperparameters_match_torch(foreach):
+    "lr and weight_decay given as 0-dim tensors, as torch.optim.SGD accepts them."
+    ours_ps, ref_ps = make_params(), make_params()
+    hp = dict(lr=torch.tensor(0.05, dtype=F64), momentum=0.9, weight_decay=torch.tensor(0.01, dtype=F64))
+    ours, ref = SGD(ours_ps, foreach=foreach, **hp), torch.optim.SGD(ref_ps, foreach=foreach, **hp)
+    for grads in gradients(5):
+        set_grads(ours_ps, grads); set_grads(ref_ps, grads)
+        ours.step(); ref.step()
+    for a, b in zip(ours_ps, ref_ps): assert_close(a, b)
