@@ -88,3 +88,22 @@ def test_every_notebook_is_in_the_toc():
     toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
     missing = [p.stem for p in NOTEBOOKS if f"nbs/{p.stem}" not in toc]
     assert not missing, f"notebooks missing from _toc.yml: {missing}"
+
+
+def test_chinese_soft_breaks_are_joined_but_not_code_math_or_headings():
+    text = "\n".join([
+        "## 标题", "紧跟标题的段落，", "第二行。", "",
+        ":::{prf:theorem} 定理", "内容第一行，", "第二行。", ":::",
+        "- 列表项，", "  续行。",
+        "$$", "a，", "b", "$$",
+        "```python", "x = 1  # 注释，", "y = 2", "```",
+        "汉字结尾", "English start"])
+    got = optbook_book.join_cjk_lines(text).split("\n")
+    assert got[:3] == ["## 标题", "紧跟标题的段落，第二行。", ""]
+    assert got[3:6] == [":::{prf:theorem} 定理", "内容第一行，第二行。", ":::"]
+    assert got[6] == "- 列表项，续行。"
+    assert got[7:11] == ["$$", "a，", "b", "$$"]
+    assert got[11:15] == ["```python", "x = 1  # 注释，", "y = 2", "```"]
+    assert got[15:] == ["汉字结尾", "English start"]
+    assert optbook_book.join_cjk_lines("改进——\n**动量法**与\n*强调*") == "改进——**动量法**与*强调*"
+    assert optbook_book.join_cjk_lines("汉字\n* 列表项") == "汉字\n* 列表项"
