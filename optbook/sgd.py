@@ -65,7 +65,8 @@ class SGD(Optimizer):
 
     - the first step copies the gradient into the buffer, so dampening is not applied on the first step;
     - the learning rate multiplies the buffer ($\theta \leftarrow \theta - \eta m$), unlike Sutskever et al.
-      (2013), who put it inside ($v \leftarrow \beta v + \eta g$); the two differ when $\eta$ changes;
+      (2013), who put it inside ($v \leftarrow \beta v + \eta g$, $\theta \leftarrow \theta - v$);
+      the two differ when $\eta$ changes;
     - `nesterov=True` is the memory-light form $\theta \leftarrow \theta - \eta(g + \beta m)$, which stores the
       lookahead point $\theta - \eta\beta m$ of Sutskever et al.'s form instead of $\theta$;
     - `weight_decay` is coupled (L2, added to the gradient), not decoupled as in SGDW/AdamW.

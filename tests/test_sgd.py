@@ -268,3 +268,45 @@ def test_tensor_hyperparameters_match_torch(foreach):
         set_grads(ours_ps, grads); set_grads(ref_ps, grads)
         ours.step(); ref.step()
     for a, b in zip(ours_ps, ref_ps): assert_close(a, b)
+
+
+def _decoupled_weight_decay(real):
+    "Decoupled (SGDW-style) decay θ ← (1 − ηλ)θ instead of torch's coupled g ← g + λθ."
+    def rule(p, g, m, *, lr, weight_decay, **kw):
+        p.mul_(1 - lr * weight_decay)
+        real(p, g, m, lr=lr, weight_decay=0.0, **kw)
+    return rule
+
+def _decay_before_maximize(real):
+    "Add λθ before negating g for maximize (torch negates first, then adds λθ)."
+    def rule(p, g, m, *, weight_decay, maximize, **kw):
+        if weight_decay != 0: g = g.add(p, alpha=weight_decay)
+        real(p, -g if maximize else g, m, weight_decay=0.0, maximize=False, **kw)
+    return rule
+
+
+@pytest.mark.parametrize("mutant, hp", [
+    (_decoupled_weight_decay, dict(momentum=0.9, weight_decay=0.1)),
+    (_decay_before_maximize, dict(momentum=0.9, weight_decay=0.1, maximize=True)),
+], ids=["decoupled-decay", "decay-before-maximize"])
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+def test_comparison_catches_wrong_weight_decay(mutant, hp, foreach, monkeypatch):
+    monkeypatch.setattr(sgd_module, "sgd_update", mutant(sgd_update))
+    with pytest.raises(AssertionError):
+        compare_with_torch(hp, foreach)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+def test_momentum_switched_on_mid_run_matches_torch(foreach):
+    "momentum 0 for 5 steps (no buffer), then 0.9 (buffer created from the current gradient), then 0 and 0.9 again."
+    ours_ps, ref_ps = make_params(), make_params()
+    ours = SGD(param_groups(ours_ps), lr=0.1, foreach=foreach)
+    ref = torch.optim.SGD(param_groups(ref_ps), lr=0.1, foreach=foreach)
+    for t, grads in enumerate(gradients(20)):
+        beta = 0.0 if t < 5 or 10 <= t < 13 else 0.9
+        for opt in (ours, ref):
+            for group in opt.param_groups: group["momentum"] = beta
+        set_grads(ours_ps, grads); set_grads(ref_ps, grads)
+        ours.step(); ref.step()
+        for a, b in zip(ours_ps, ref_ps): assert_close(a, b)
+    assert_state_dicts_equal(ours.state_dict(), ref.state_dict())
