@@ -58,9 +58,10 @@ def quadratic(kappa:float=10.0,  # condition number $\kappa \ge 1$ of the Hessia
 
 # %% ../nbs/01_landscapes.ipynb #3e44c867
 def rosenbrock(a:float=1.0,    # the minimiser is $(a, a^2)$
-               b:float=100.0,  # steepness of the walls of the curved valley $y = x^2$
+               b:float=100.0,  # $b > 0$: steepness of the walls of the curved valley $y = x^2$
               ) -> Landscape:
     "Rosenbrock's banana function $f = (a - x)^2 + b(y - x^2)^2$, minimum 0 at $(a, a^2)$"
+    if not b > 0: raise ValueError(f"b must be > 0, got {b}")
     def fn(p):
         x, y = p[..., 0], p[..., 1]
         return (a - x)**2 + b * (y - x**2)**2
@@ -84,9 +85,10 @@ def saddle() -> Landscape:
     return Landscape("鞍点函数", fn, [(-1.0, 0.0), (1.0, 0.0)], 0.0, (-1.8, 1.8), (-1.6, 1.6), (1e-3, 1.5))
 
 # %% ../nbs/01_landscapes.ipynb #50d1cc46
-def rastrigin(A:float=10.0,  # amplitude of the cosine ripples; more ripples trap more
+def rastrigin(A:float=10.0,  # amplitude $A \ge 0$ of the cosine ripples; a larger $A$ makes the local minima deeper
              ) -> Landscape:
     "Rastrigin's function $f = 2A + \\sum_i (x_i^2 - A\\cos 2\\pi x_i)$: minimum 0 at the origin, many local minima"
+    if not A >= 0: raise ValueError(f"A must be >= 0, got {A}")
     def fn(p): return 2 * A + (p**2 - A * torch.cos(2 * math.pi * p)).sum(-1)
     return Landscape("Rastrigin 函数", fn, [(0.0, 0.0)], 0.0, (-5.12, 5.12), (-5.12, 5.12), (3.2, -2.7))
 
@@ -96,14 +98,14 @@ LANDSCAPES = {"quadratic": quadratic, "rosenbrock": rosenbrock, "beale": beale, 
 def trajectory(landscape:Landscape,  # the test function $f$
                make_opt:Callable,    # `make_opt(params) -> torch.optim.Optimizer`, e.g. `lambda ps: torch.optim.SGD(ps, lr=0.1)`
                steps:int,            # number of optimizer steps $T \ge 1$
-               start=None,           # starting point $\theta_0$; defaults to `landscape.start`
+               start=None,           # starting point $\theta_0$ (sequence or tensor, not modified); defaults to `landscape.start`
                device=None,          # device to run on; defaults to the CPU
                dtype=torch.float64,  # dtype of $\theta$
               ) -> torch.Tensor:
-    "Run an optimizer on $f$ from $\\theta_0$ and return the iterates $\\theta_0, \\dots, \\theta_T$ as a (T+1, 2) CPU tensor"
+    "Run an optimizer on $f$ from $\\theta_0$ and return the iterates $\\theta_0, \\dots, \\theta_T$ as a (T+1, 2) CPU tensor; on divergence, warn and return the finite ones"
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    theta = torch.tensor(landscape.start if start is None else start, dtype=dtype, device=device)
+    theta = torch.as_tensor(landscape.start if start is None else start, dtype=dtype, device=device).detach().clone()
     if theta.shape != (2,): raise ValueError(f"start must be a point (x, y), got shape {tuple(theta.shape)}")
     theta.requires_grad_(True)
     opt = make_opt([theta])

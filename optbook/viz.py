@@ -88,7 +88,7 @@ def contour(landscape,          # the `Landscape` to draw
             levels:int=30,      # number of contour levels
             show_minima:bool=True,  # mark the known global minimisers $\theta^*$
            ):
-    "Filled contours of $f$ over its window, with the known minima and optional trajectories; returns the axes"
+    "Filled contours of $f - f^*$ over its window (log-spaced if `landscape.log_levels`), with the known minima and optional trajectories; returns the axes"
     if ax is None: _, ax = plt.subplots(figsize=(5.2, 4.2))
     X, Y, Z = _grid(landscape)
     if landscape.log_levels:
@@ -121,8 +121,8 @@ def loss_curves(losses,             # dict label -> sequence or tensor of loss v
                 ax=None,            # axes to draw on; a new figure if None
                 title=None,         # optional title
                 logy:bool=True,     # logarithmic y axis
-                xlabel:str="迭代步数",
-                ylabel:str="损失",
+                xlabel:str="迭代步数",  # x-axis label
+                ylabel:str="损失",      # y-axis label
                ):
     "Loss against iteration for each run; returns the axes"
     if ax is None: _, ax = plt.subplots(figsize=(5.2, 3.6))
@@ -158,7 +158,7 @@ def animate(landscape,       # the `Landscape` to draw
             interval:int=80, # milliseconds between frames
             title=None,      # title; defaults to `landscape.name`
            ):
-    "The trajectories drawn point by point on the contours, as a self-contained HTML/JavaScript player"
+    "The trajectories drawn point by point on the contours, as an `IPython.display.HTML` holding a self-contained JavaScript player"
     from matplotlib.animation import FuncAnimation
     from IPython.display import HTML
     if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
