@@ -25,16 +25,24 @@ def sgd_update(
     maximize: bool,                # maximize the objective: negate g
     first: bool,                   # m was just created (zeros): m ← g, without 1 − τ (torch's convention)
 ) -> None:
-    "One step of SGD with momentum, in place: θ ← θ − η·d, with d = g, m or g + βm."
+    "One step of SGD with momentum, in place: θ ← θ − η·d, with d = ĝ, m or ĝ + βm, where ĝ = ±g + λθ."
     eta, beta, tau, lam = lr, momentum, dampening, weight_decay
-    if maximize: g = -g                          # g ← −g
-    if lam != 0: g = g.add(p, alpha=lam)         # g ← g + λθ
-    d = g
+    s = -1.0 if maximize else 1.0                  # maximize: ĝ uses −g
+    # ĝ = s·g + λθ (coupled decay) is never formed as a parameter-sized temporary:
+    # every line below adds its two parts, s·g and λθ, separately.
     if m is not None:
-        if first: m.add_(g)                      # m₁ ← g₁ (m is zero from init_state; no 1 − τ on step 1)
-        else: m.mul_(beta).add_(g, alpha=1 - tau)  # m ← βm + (1 − τ)g
-        d = g.add(m, alpha=beta) if nesterov else m  # d ← g + βm, or d ← m
-    p.add_(d, alpha=-eta)                        # θ ← θ − ηd
+        c = 1.0 if first else 1 - tau              # first step: m₁ ← ĝ₁, without 1 − τ
+        if not first: m.mul_(beta)                 # m ← βm
+        m.add_(g, alpha=c * s)                     #     + (1 − τ)·s·g
+        if lam != 0: m.add_(p, alpha=c * lam)      #     + (1 − τ)·λθ
+        if not nesterov:
+            p.add_(m, alpha=-eta)                  # θ ← θ − ηm
+            return
+    # θ ← θ − η(ĝ + βm) = (1 − ηλ)θ − η·s·g − ηβm   (plain SGD: the same without βm)
+    if lam != 0: p.mul_(1 - eta * lam)
+    p.add_(g, alpha=-eta * s)
+    if m is not None: p.add_(m, alpha=-eta * beta)
+
 
 # %% ../nbs/02_sgd.ipynb #deeff7b4
 class SGD(Optimizer):
