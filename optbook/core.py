@@ -2,7 +2,6 @@
 
 # %% ../nbs/90_core.ipynb #f2a0be65
 from __future__ import annotations
-import math
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Optional
 

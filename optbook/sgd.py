@@ -69,7 +69,8 @@ class SGD(Optimizer):
     \end{align*}
     $$
 
-    Conventions (identical to `torch.optim.SGD`, iterate by iterate):
+    Conventions (those of `torch.optim.SGD`; iterates agree up to floating-point rounding, since the rule
+    adds $\lambda\theta$ and $d$ term by term instead of forming them as temporaries):
 
     - the first step copies the gradient into the buffer, so dampening is not applied on the first step;
     - the learning rate multiplies the buffer ($\theta \leftarrow \theta - \eta m$), unlike Sutskever et al.
