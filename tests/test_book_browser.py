@@ -129,3 +129,78 @@ def test_chinese_search_finds_momentum(browser, server):
     links = [a.get_attribute("href") for a in browser.find_elements("css selector", "#search-results a, ul.search a")]
     browser.save_screenshot(str(SHOTS / "search_动量.png"))
     assert any("nbs/02_sgd.html" in (h or "") for h in links), f"searching 动量 did not find the SGD chapter: {links}"
+
+
+# The interactive figure of optbook.viz.explore (appendix 91_viz): plotly.js from the book's own _static,
+# two sliders that each change only their own hyperparameter.
+EXPLORE_PAGE = "nbs/91_viz.html"
+
+SLIDER_FIGURE = """
+const gd = Array.from(document.querySelectorAll('.plotly-graph-div'))
+  .find(g => g.layout && (g.layout.sliders || []).length === 2);
+if (!gd) return null;
+gd.scrollIntoView({block: 'center'});
+return gd.querySelectorAll('.slider-rail-touch-rect').length;
+"""
+
+# The combination now drawn in the left panel: the trajectory trace that is visible and opaque.
+SHOWN_TRAJECTORY = """
+const gd = Array.from(document.querySelectorAll('.plotly-graph-div')).find(g => (g.layout.sliders || []).length === 2);
+const shown = gd._fullData.filter(t => t.type === 'scatter' && t.showlegend === false && t.xaxis === 'x'  // decoded arrays: _fullData
+                                      && t.visible === true && t.opacity === 1);
+return shown.map(t => ({name: t.name, x: Array.from(t.x), y: Array.from(t.y)}));
+"""
+
+# Viewport coordinates of step `k` of slider `s`: on its rail, under the step's label.
+SLIDER_STEP_XY = """
+const [s, k] = arguments;
+const gd = Array.from(document.querySelectorAll('.plotly-graph-div')).find(g => (g.layout.sliders || []).length === 2);
+const group = gd.querySelectorAll('.slider-group')[s];
+const rail = group.querySelector('.slider-rail-touch-rect').getBoundingClientRect();
+const label = group.querySelectorAll('.slider-label-group')[k].getBoundingClientRect();
+return [label.left + label.width / 2, rail.top + rail.height / 2, gd.layout.sliders[s].steps[k].label];
+"""
+
+CURRENT_VALUES = """
+const gd = Array.from(document.querySelectorAll('.plotly-graph-div')).find(g => (g.layout.sliders || []).length === 2);
+return Array.from(gd.querySelectorAll('.slider-group')).map(g => g.querySelector(':scope > text.slider-label').textContent);
+"""
+
+
+def test_interactive_figure_moves_with_its_sliders(browser, server):
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.support.ui import WebDriverWait
+    load(browser, server, EXPLORE_PAGE)
+    plotly_scripts = browser.execute_script(
+        "return Array.from(document.scripts).map(s => s.src).filter(s => /plotly/i.test(s));")
+    assert plotly_scripts, f"{EXPLORE_PAGE}: no plotly.js script on the page"
+    assert all(s.startswith(f"{server}/_static/") for s in plotly_scripts), \
+        f"plotly.js must come from the book's own _static, not {plotly_scripts}"
+    assert browser.execute_script("return typeof window.Plotly") == "object", "plotly.js did not load"
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+    assert not [u for u in loaded if "plot.ly" in u or ("plotly" in u and not u.startswith(server))], loaded
+    WebDriverWait(browser, 60).until(lambda b: b.execute_script(SLIDER_FIGURE) == 2,
+                                     message="the figure with two sliders was not drawn")
+
+    before = browser.execute_script(SHOWN_TRAJECTORY)
+    assert len(before) == 1, [t["name"] for t in before]
+    for slider, step in [(0, -1), (1, -2), (0, 0)]:   # η to its largest value, then β, then η back to its smallest
+        n = len(browser.execute_script(
+            "return Array.from(document.querySelectorAll('.plotly-graph-div'))"
+            ".find(g => (g.layout.sliders || []).length === 2).layout.sliders[arguments[0]].steps;", slider))
+        x, y, label = browser.execute_script(SLIDER_STEP_XY, slider, step % n)
+        click = ActionBuilder(browser)                   # a real mouse click on the slider's rail
+        click.pointer_action.move_to_location(int(x), int(y)).click()
+        click.perform()
+        WebDriverWait(browser, 30).until(
+            lambda b: any(v.endswith(f"= {label}") for v in b.execute_script(CURRENT_VALUES)),
+            message=f"slider {slider} did not move to {label}")
+        WebDriverWait(browser, 30).until(lambda b: b.execute_script(SHOWN_TRAJECTORY) != before,
+                                         message=f"moving slider {slider} did not change the trajectory")
+        after = browser.execute_script(SHOWN_TRAJECTORY)
+        assert len(after) == 1, [t["name"] for t in after]
+        values = [v.split("= ")[-1] for v in browser.execute_script(CURRENT_VALUES)]
+        assert after[0]["name"].startswith(f"η={values[0]}, β={values[1]}"), (after[0]["name"], values)
+        assert len(after[0]["x"]) > 1 and after[0]["x"] != before[0]["x"], "the trajectory's data did not change"
+        before = after
+    browser.save_screenshot(str(SHOTS / "91_viz_explore.png"))
