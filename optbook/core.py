@@ -3,13 +3,14 @@
 # %% ../nbs/90_core.ipynb #f2a0be65
 from __future__ import annotations
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['default_device', 'check_nonneg', 'check_range', 'check_betas', 'TensorList', 'Optimizer']
+__all__ = ['default_device', 'check_nonneg', 'check_range', 'check_betas', 'off', 'TensorList', 'Optimizer', 'sign_update',
+           'SignSGD', 'hyper_tensors', 'update_batch', 'compile_update']
 
 # %% ../nbs/90_core.ipynb #21292c07
 def default_device() -> torch.device:
@@ -43,18 +44,29 @@ def check_betas(betas):  # a pair (β1, β2) of averaging coefficients
     if len(betas) != 2: raise ValueError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
     for i, b in enumerate(betas): check_range(f"beta parameter at index {i}", b, 0.0, 1.0)
 
+def off(value):  # a hyperparameter as the group holds it: a number or a one-element tensor
+    "`None` when `value` is zero, else `value` unchanged: rules switch a term off with `None`, not with a value test."
+    return None if _as_float(value) == 0 else value
+
 # %% ../nbs/90_core.ipynb #3eb3f983
 def _unwrap(x):
     "The raw list inside a `TensorList`; anything else unchanged."
     return x.tensors if isinstance(x, TensorList) else x
 
+def _pick(x, i: int):
+    "The i-th tensor of a `TensorList`; anything else unchanged."
+    return x.tensors[i] if isinstance(x, TensorList) else x
+
+# Tensor methods with a torch._foreach_* twin that takes the same arguments; the in-place forms are those Tensor has
 _OUT_OF_PLACE = ("add sub mul div addcmul addcdiv lerp maximum minimum clamp_min clamp_max pow sqrt neg abs "
                  "sign exp log reciprocal sigmoid").split()
-# only the in-place forms that Tensor itself has (there is no Tensor.maximum_), so a rule reads the same on both
 _IN_PLACE = [n + "_" for n in _OUT_OF_PLACE if hasattr(Tensor, n + "_")] + ["copy_", "zero_"]
 
 class TensorList:
-    "Tensors of one device and dtype that answer `Tensor` methods with one `torch._foreach_*` call each."
+    """Tensors of one device and dtype that answer `Tensor`'s methods, operators and `torch` functions.
+
+    A method with a `torch._foreach_*` twin runs as one foreach call; any other `Tensor` method or `torch` function
+    runs tensor by tensor. In-place forms (`mul_`, `-=`) update the tensors and return the list itself."""
     __slots__ = ("tensors",)
     def __init__(self, tensors: Iterable[Tensor]): self.tensors = list(tensors)
     def __len__(self): return len(self.tensors)
@@ -62,14 +74,55 @@ class TensorList:
     def __getitem__(self, i): return self.tensors[i]
     def __repr__(self): return f"TensorList({len(self.tensors)} tensors)"
     def clone(self) -> TensorList: return TensorList(t.clone() for t in self.tensors)
+    @property
+    def dtype(self) -> torch.dtype: return self.tensors[0].dtype     # one dtype and device for the whole list
+    @property
+    def device(self) -> torch.device: return self.tensors[0].device
+
+    def _each(self, fn: Callable, args=(), kwargs=None, inplace: bool = False):
+        "Apply `fn` tensor by tensor, passing the i-th tensor of every TensorList argument."
+        kwargs = kwargs or {}
+        out = [fn(*(_pick(a, i) for a in args), **{k: _pick(v, i) for k, v in kwargs.items()})
+               for i in range(len(self.tensors))]
+        if inplace: return self
+        return TensorList(out) if all(isinstance(o, Tensor) for o in out) else out
+
+    def __getattr__(self, name: str):
+        "Any other `Tensor` method, applied tensor by tensor."
+        method = getattr(Tensor, name, None) if not name.startswith("_") else None
+        if not callable(method):
+            raise AttributeError(f"TensorList has no attribute {name!r} (Tensor has no method of that name)")
+        return lambda *args, **kwargs: self._each(method, (self, *args), kwargs, inplace=name.endswith("_"))
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        "`torch.where(c, a, b)`, `torch.maximum(a, b)`, ... with TensorList arguments, tensor by tensor."
+        lists = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, TensorList)]
+        if len({len(l) for l in lists}) != 1:
+            raise ValueError(f"{func.__name__}: TensorList arguments of different lengths {[len(l) for l in lists]}")
+        return lists[0]._each(func, args, kwargs)
+
+    # Operators. The in-place ones update the tensors, so that `p -= lr * g` means what it means for a Tensor.
     def __neg__(self): return self.neg()
+    def __abs__(self): return self.abs()
     def __add__(self, o): return self.add(o)
     def __radd__(self, o): return self.add(o)
     def __sub__(self, o): return self.sub(o)
-    def __rsub__(self, o): return self.neg().add_(o)
+    def __rsub__(self, o): return self._each(Tensor.__rsub__, (self, o))
     def __mul__(self, o): return self.mul(o)
     def __rmul__(self, o): return self.mul(o)
     def __truediv__(self, o): return self.div(o)
+    def __rtruediv__(self, o): return self._each(Tensor.__rtruediv__, (self, o))
+    def __pow__(self, o): return self.pow(o)
+    def __iadd__(self, o): return self.add_(o)
+    def __isub__(self, o): return self.sub_(o)
+    def __imul__(self, o): return self.mul_(o)
+    def __itruediv__(self, o): return self.div_(o)
+    def __lt__(self, o): return self.lt(o)
+    def __le__(self, o): return self.le(o)
+    def __gt__(self, o): return self.gt(o)
+    def __ge__(self, o): return self.ge(o)
+    __hash__ = None  # == is not defined elementwise here, and a TensorList is mutable like a list
 
 def _foreach_method(name: str):
     "A `TensorList` method that runs `torch._foreach_{name}` on the wrapped tensors."
@@ -85,13 +138,48 @@ def _foreach_method(name: str):
 for _name in _OUT_OF_PLACE + _IN_PLACE: setattr(TensorList, _name, _foreach_method(_name))
 
 # %% ../nbs/90_core.ipynb #cff89e6a
+def _scalar_dtype() -> torch.dtype:
+    "The dtype torch.optim gives `state['step']`: float64 under a float64 default dtype, else float32."
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+def _is_dtensor(x) -> bool:
+    "Whether `x` is a `DTensor` (e.g. an FSDP2 shard), without importing torch.distributed."
+    return type(x).__name__ == "DTensor" and hasattr(x, "full_tensor")
+
+def _real(x):
+    "A complex tensor as real pairs (`torch.view_as_real`, a view: updates land in the original); anything else unchanged."
+    return torch.view_as_real(x) if isinstance(x, Tensor) and x.is_complex() else x
+
 class Optimizer(torch.optim.Optimizer):
-    "The bookkeeping every optbook optimizer shares; subclasses add `init_state` and `update`."
-    def __init__(self, params, # tensors, or dicts defining parameter groups
+    """The bookkeeping every optbook optimizer shares: validation, lazy state, the step counter, and the paths.
+
+    A subclass declares `rule`, `state_keys` (book symbol -> (torch state key, meaning)), and optionally
+    `uses_step`, `exact_keys`, `per_matrix`, `supports_complex`; it implements `init_state` and `hyper`."""
+    rule: Callable = None            # the update rule: updates θ and the state in place; arguments are the book's symbols
+    state_keys: dict = {}            # symbol -> (torch's state key, meaning): the one table between the two
+    uses_step: bool = False          # keep torch's per-parameter state["step"]; the rule gets t, counted from 1
+    exact_keys: tuple = ()           # symbols of scalar state that load_state_dict must not cast to the parameter's dtype
+    per_matrix: bool = False         # the rule needs whole matrices: never batched; DTensor shards are gathered first
+    supports_complex: bool = True    # complex parameters are updated as real pairs; False refuses them
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__doc__ and "{state_table}" in cls.__doc__:
+            cls.__doc__ = cls.__doc__.replace("{state_table}", cls.state_table())
+
+    @classmethod
+    def state_table(cls) -> str:
+        "The docstring's table from torch's state keys to the book's symbols, made from `state_keys` and `uses_step`."
+        rows = [f"| `{key}` | ${sym}$ | {meaning} |" for sym, (key, meaning) in cls.state_keys.items()]
+        if cls.uses_step: rows.insert(0, "| `step` | $t$ | steps taken, counted from 1 (a float tensor on the CPU, as in torch) |")
+        return "\n    ".join(["| state key | symbol | meaning |", "|---|---|---|", *rows])
+
+    def __init__(self, params, # tensors, (name, tensor) pairs, or dicts defining parameter groups
                  defaults: dict): # default hyperparameters; must include foreach, maximize, differentiable, fused
         name = type(self).__name__
         if defaults.get("differentiable"):
-            raise ValueError(f"{name}: differentiable=True is not supported by optbook; use torch.optim.{name} for it")
+            alt = f"torch.optim.{name}" if hasattr(torch.optim, name) else "torch.optim"
+            raise ValueError(f"{name}: differentiable=True is not supported by optbook; use {alt} for it")
         if defaults.get("fused"):
             raise NotImplementedError(f"{name}: fused=True is not implemented yet; leave fused=None (or use foreach=True)")
         if isinstance(params, Tensor):
@@ -99,62 +187,222 @@ class Optimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict):
-        "Add a group after checking that its parameters are unique floating tensors."
+        "Add a group after checking that its parameters are unique floating tensors; a generator is read once."
+        name = type(self).__name__
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         seen = set()
         for i, p in enumerate(params):
             if isinstance(p, tuple) and len(p) == 2: p = p[1]  # named parameters: (name, tensor)
             if not isinstance(p, Tensor):
-                raise TypeError(f"{type(self).__name__}: parameter {i} is a {type(p).__name__}, not a Tensor")
+                raise TypeError(f"{name}: parameter {i} is a {type(p).__name__}, not a Tensor")
             if not (p.is_floating_point() or p.is_complex()):
-                raise ValueError(f"{type(self).__name__}: parameter {i} has dtype {p.dtype}; "
-                                 "only floating-point (or complex) tensors can be optimized")
+                raise ValueError(f"{name}: parameter {i} has dtype {p.dtype}; only floating-point (or complex) tensors can be optimized")
+            if p.is_complex() and not self.supports_complex:
+                raise ValueError(f"{name}: parameter {i} is complex ({p.dtype}); {name} does not support complex parameters")
+            if self.per_matrix and p.dim() < 2:
+                raise ValueError(f"{name}: parameter {i} has shape {tuple(p.shape)}; {name} updates matrices only, "
+                                 "so give vectors and scalars to another optimizer")
             if id(p) in seen:
-                raise ValueError(f"{type(self).__name__}: parameter {i} appears twice in the same parameter group")
+                raise ValueError(f"{name}: parameter {i} appears twice in the same parameter group")
             seen.add(id(p))
-        super().add_param_group(param_group)
+        super().add_param_group({**param_group, "params": params})  # the list we read, not the spent generator
 
     def __setstate__(self, state):
         super().__setstate__(state)
         for group in self.param_groups:  # groups pickled by an older version get the new defaults
             for k, v in self.defaults.items(): group.setdefault(k, v)
 
-    def init_state(self, p: Tensor, state: dict, group: dict) -> None:
-        "Create `p`'s state tensors before its first update (default: none)."
+    # What a subclass provides
+    def init_state(self, p: Tensor, group: dict) -> dict:
+        "`p`'s state before its first update, by symbol (default: none)."
+        return {}
 
-    def update(self, p, g, state: dict, group: dict, *, first: bool) -> None:
-        "Apply the update rule to `p` (a Tensor or a TensorList) with gradient `g` and `state`."
-        raise NotImplementedError(f"{type(self).__name__} must implement update()")
+    def hyper(self, group: dict) -> dict:
+        "The rule's hyperparameters by symbol, read from `group` by torch's names."
+        raise NotImplementedError(f"{type(self).__name__} must implement hyper()")
 
+    def update(self, p, g, s: dict, h: dict, *, t=None, first: bool = False) -> None:
+        "Apply the rule to `p` (a Tensor or a TensorList): `s` is the state by symbol, `h` the hyperparameters."
+        if self.rule is None: raise NotImplementedError(f"{type(self).__name__} must define rule (or override update)")
+        type(self).rule(p, g, **s, **h, **({} if t is None else {"t": t}))
+
+    # Shared with optimizers that own their step (L-BFGS)
+    def evaluate(self, closure: Optional[Callable[[], Any]]):
+        "The closure's loss, computed with gradients enabled; None without a closure."
+        if closure is None: return None
+        with torch.enable_grad(): return closure()
+
+    def params_with_grad(self, group: dict) -> Iterator[tuple[Tensor, Tensor]]:
+        "The group's `(p, p.grad)` pairs, skipping parameters without a gradient; refuses sparse gradients."
+        for p in group["params"]:
+            if p.grad is None: continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; "
+                                   "use torch.optim.SparseAdam or a dense gradient")
+            yield p, p.grad
+
+    # State
+    def _state(self, p: Tensor, group: dict) -> tuple[dict, bool]:
+        "`p`'s state and whether it was just created, or completed where an entry was None (as torch allows)."
+        state = self.state.get(p)  # .get: an optimizer without state keeps no empty entries, like torch
+        if state and all(v is not None for v in state.values()): return state, False
+        state = dict(state or {})
+        for sym, value in self.init_state(p, group).items():
+            key = self.state_keys[sym][0]
+            if state.get(key) is None: state[key] = value
+        if self.uses_step and state.get("step") is None: state["step"] = torch.tensor(0.0, dtype=_scalar_dtype())
+        if state: self.state[p] = state
+        return state, True
+
+    def _symbols(self, state: dict, view=_real) -> dict:
+        "The state entries by the book's symbols (complex ones as real pairs)."
+        return {sym: view(state[key]) for sym, (key, _) in self.state_keys.items() if key in state}
+
+    def load_state_dict(self, state_dict: dict):
+        "torch's loader, except that exact scalar state (`exact_keys`) keeps its saved dtype."
+        keys = [self.state_keys[sym][0] for sym in self.exact_keys]
+        saved = {i: {k: s[k] for k in keys if isinstance(s.get(k), Tensor)} for i, s in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            for k, v in saved.get(i, {}).items(): self.state[p][k] = v.detach().clone()
+
+    # The paths
     def _use_foreach(self, group: dict, p: Tensor) -> bool:
-        "Whether `p` takes the multi-tensor path: the group's choice, else only off the CPU."
+        "Whether `p` takes the multi-tensor path: the group's choice, else only off the CPU; never for whole matrices."
+        if self.per_matrix: return False
         return group["foreach"] if group["foreach"] is not None else p.device.type != "cpu"
+
+    def _update_one(self, p, g, state, h, t, first):
+        "The for-loop path: one parameter, with complex tensors seen as real pairs."
+        self.update(_real(p), _real(g), self._symbols(state), h, t=t, first=first)
+
+    def _update_matrix(self, p, g, state, h, t, first):
+        "The whole-matrix path: a DTensor shard is gathered, updated as the full matrix, and its own part written back."
+        if not _is_dtensor(p): return self._update_one(p, g, state, h, t, first)
+        full = p.full_tensor()
+        self._update_one(full, g.full_tensor() if _is_dtensor(g) else g, state, h, t, first)
+        p.to_local().copy_(_local_part(full, p))
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
         "Perform one optimization step; `closure` re-evaluates the model and returns the loss."
-        loss = None
-        if closure is not None:
-            with torch.enable_grad(): loss = closure()
+        loss = self.evaluate(closure)
         for group in self.param_groups:
+            h = self.hyper(group)
             batches = defaultdict(list)
-            for p in group["params"]:
-                if p.grad is None: continue
-                if p.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; "
-                                       "use torch.optim.SparseAdam or a dense gradient")
-                state = self.state.get(p)  # .get: an optimizer without state keeps no empty entries, like torch
-                first = not state
-                if first:
-                    state = {}
-                    self.init_state(p, state, group)
-                    if state: self.state[p] = state
-                if self._use_foreach(group, p):
-                    batches[(p.device, p.dtype, first, tuple(state))].append(p)
+            for p, g in self.params_with_grad(group):
+                state, first = self._state(p, group)
+                t = None
+                if self.uses_step:
+                    state["step"] += 1
+                    t = int(state["step"])
+                if self.per_matrix:
+                    self._update_matrix(p, g, state, h, t, first)
+                elif self._use_foreach(group, p):
+                    batches[(p.device, p.dtype, first, t, tuple(state))].append(p)
                 else:
-                    self.update(p, p.grad, state, group, first=first)
-            for (_, _, first, keys), ps in batches.items():
-                states = {k: TensorList(self.state[p][k] for p in ps) for k in keys}
-                self.update(TensorList(ps), TensorList(p.grad for p in ps), states, group, first=first)
+                    self._update_one(p, g, state, h, t, first)
+            for (_, _, first, t, keys), ps in batches.items():
+                lists = {key: TensorList(self.state[p][key] for p in ps) for key in keys}
+                s = self._symbols(lists, view=lambda l: TensorList(map(_real, l)))
+                self.update(TensorList(_real(p) for p in ps), TensorList(_real(p.grad) for p in ps), s, h, t=t, first=first)
         return loss
+
+def _local_part(full: Tensor, shard) -> Tensor:
+    "The block of the full tensor `full` that the DTensor `shard` holds on this rank."
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(full.shape, shard.device_mesh, shard.placements)
+    return full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+
+# %% ../nbs/90_core.ipynb #sgn00002
+def sign_update(
+    p: Tensor | TensorList,          # θ: the parameters, updated in place
+    g: Tensor | TensorList,          # g: the gradient, left unchanged
+    m: Tensor | TensorList | None = None,  # m: the momentum buffer, updated in place; None without momentum
+    *,
+    eta: float | Tensor,             # η: learning rate
+    beta: float | Tensor | None,     # β: momentum; None for plain sign descent
+    lam: float | Tensor | None,      # λ: decoupled weight decay; None for none
+    maximize: bool,                  # maximize the objective: use −g
+) -> None:
+    "One step of sign descent, in place: θ ← (1 − ηλ)θ − η·sign(d), with d = g, or d = m ← βm + (1 − β)g."
+    if maximize: g = -g
+    d = g
+    if beta is not None:
+        m.mul_(beta).add_(g, alpha=1 - beta)   # m ← βm + (1 − β)g
+        d = m
+    if lam is not None: p.mul_(1 - eta * lam)  # θ ← (1 − ηλ)θ
+    p.add_(d.sign(), alpha=-eta)               # θ ← θ − η·sign(d)
+
+class SignSGD(Optimizer):
+    r"""Sign descent, and Signum with `momentum > 0`: θ ← (1 − ηλ)θ − η·sign(m). optbook's worked example.
+
+    When to use it: when only the direction of each coordinate is trusted (noisy or badly scaled gradients),
+    and to study Adam's limit β₁, β₂ → 0. Each coordinate moves exactly η per step, so the learning rate
+    must shrink to settle at a minimum: use a schedule. Not for tasks where plain SGD with momentum works.
+
+    {state_table}
+
+    With $\eta$ = `lr`, $\beta$ = `momentum`, $\lambda$ = `weight_decay`, and $g_t$ negated if `maximize`:
+
+    $$
+    \begin{align*}
+    m_t &\leftarrow \beta\, m_{t-1} + (1-\beta)\, g_t \quad (m_0 = 0;\ \text{skipped, with } m_t = g_t, \text{ if } \beta = 0),\\
+    \theta_t &\leftarrow (1 - \eta\lambda)\,\theta_{t-1} - \eta\,\mathrm{sign}(m_t).
+    \end{align*}
+    $$
+
+    Conventions: weight decay is decoupled (as in Lion and AdamW); $\mathrm{sign}(0) = 0$; no bias correction,
+    since the sign ignores the factor $1 - \beta^t$. torch.optim has no such optimizer.
+
+    References: Bernstein, Wang, Azizzadenesheli & Anandkumar (2018), signSGD and Signum.
+    """
+    rule = staticmethod(sign_update)
+    state_keys = {"m": ("momentum_buffer", "exponential moving average of the gradients; only when momentum != 0")}
+
+    def __init__(self, params,            # parameters, or dicts defining parameter groups
+                 lr: float = 1e-3,        # η: learning rate (the step of every coordinate)
+                 momentum: float = 0,     # β: momentum (Signum); 0 for plain sign descent
+                 weight_decay: float = 0, # λ: decoupled weight decay
+                 *,
+                 maximize: bool = False,  # maximize the objective instead of minimizing it
+                 foreach: bool | None = None,   # multi-tensor path; None: on for CUDA, off on CPU
+                 differentiable: bool = False,  # not supported (raises)
+                 fused: bool | None = None):    # not supported yet (raises if True)
+        check_nonneg("lr", lr); check_range("momentum", momentum, 0.0, 1.0); check_nonneg("weight_decay", weight_decay)
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize,
+                                      foreach=foreach, differentiable=differentiable, fused=fused))
+
+    def init_state(self, p, group):
+        return {"m": torch.zeros_like(p, memory_format=torch.preserve_format)} if group["momentum"] != 0 else {}
+
+    def hyper(self, group):
+        return dict(eta=group["lr"], beta=off(group["momentum"]), lam=off(group["weight_decay"]),
+                    maximize=group["maximize"])
+
+# %% ../nbs/90_core.ipynb #cmp00002
+def hyper_tensors(h: dict) -> dict:
+    "The float hyperparameters in `h` as 0-dim float64 CPU tensors (bools, ints, None and tensors unchanged)."
+    return {k: torch.tensor(v, dtype=torch.float64) if isinstance(v, float) else v for k, v in h.items()}
+
+def _1d(x):
+    "A 0-dim tensor as a 1-element view (Inductor drops in-place updates of 0-dim CPU inputs); anything else unchanged."
+    return x.view(1) if isinstance(x, Tensor) and x.dim() == 0 else x
+
+def update_batch(opt: Optimizer,  # the optimizer whose `update` runs
+                 ps: list,        # parameters
+                 gs: list,        # their gradients
+                 states: dict,    # symbol -> list of state tensors, one per parameter
+                 h: dict,         # hyperparameters by symbol (see `hyper_tensors`)
+                 t=None,          # the step, as a 0-dim tensor, for rules that use it
+                 first: bool = False):  # whether the state was just created
+    "`opt.update` on each parameter of a batch in turn: the loop that `torch.compile` unrolls and fuses."
+    for i in range(len(ps)):
+        opt.update(_1d(ps[i]), _1d(gs[i]), {k: _1d(v[i]) for k, v in states.items()}, h, t=t, first=first)
+
+def compile_update(**options):
+    "`update_batch` compiled with `fullgraph=True` (a graph break is an error); `options` go to `torch.compile`."
+    return torch.compile(update_batch, fullgraph=True, **options)

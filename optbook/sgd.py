@@ -6,43 +6,41 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Optimizer, TensorList, check_nonneg
+from .core import Optimizer, TensorList, check_nonneg, off
 
 # %% auto #0
 __all__ = ['sgd_update', 'SGD']
 
 # %% ../nbs/02_sgd.ipynb #e281770d
 def sgd_update(
-    p: Tensor | TensorList,        # θ: the parameters, updated in place
-    g: Tensor | TensorList,        # ∇L(θ): the gradient, left unchanged
-    m: Tensor | TensorList | None, # m: the momentum buffer, updated in place; None when momentum == 0
+    p: Tensor | TensorList,               # θ: the parameters, updated in place
+    g: Tensor | TensorList,               # g: the gradient, left unchanged
+    m: Tensor | TensorList | None = None, # m: the momentum buffer, updated in place; None without momentum
     *,
-    lr: float,                     # η: learning rate
-    momentum: float,               # β: momentum factor
-    dampening: float,              # τ: new gradients enter the buffer times 1 − τ (not on the first step)
-    weight_decay: float,           # λ: coupled weight decay (L2 penalty added to g)
-    nesterov: bool,                # step along d = g + βm instead of d = m
-    maximize: bool,                # maximize the objective: negate g
-    first: bool,                   # m was just created (zeros): m ← g, without 1 − τ (torch's convention)
+    eta: float | Tensor,                  # η: learning rate
+    beta: float | Tensor | None,          # β: momentum factor (unused when m is None)
+    tau: float | Tensor,                  # τ: dampening: new gradients enter the buffer times 1 − τ (not on the first step)
+    lam: float | Tensor | None,           # λ: coupled weight decay (L2 penalty added to g); None for none
+    nesterov: bool,                       # step along d = ḡ + βm instead of d = m
+    maximize: bool,                       # maximize the objective: use −g
+    first: bool,                          # m was just created (zeros): m ← ḡ, without 1 − τ (torch's convention)
 ) -> None:
-    "One step of SGD with momentum, in place: θ ← θ − η·d, with d = ĝ, m or ĝ + βm, where ĝ = ±g + λθ."
-    eta, beta, tau, lam = lr, momentum, dampening, weight_decay
-    s = -1.0 if maximize else 1.0                  # maximize: ĝ uses −g
-    # ĝ = s·g + λθ (coupled decay) is never formed as a parameter-sized temporary:
+    "One step of SGD with momentum, in place: θ ← θ − η·d, with d = ḡ, m or ḡ + βm, where ḡ = ±g + λθ."
+    s = -1.0 if maximize else 1.0                  # maximize: ḡ uses −g
+    # ḡ = s·g + λθ (coupled decay) is never formed as a parameter-sized temporary:
     # every line below adds its two parts, s·g and λθ, separately.
     if m is not None:
-        c = 1.0 if first else 1 - tau              # first step: m₁ ← ĝ₁, without 1 − τ
+        c = 1.0 if first else 1 - tau              # first step: m₁ ← ḡ₁, without 1 − τ
         if not first: m.mul_(beta)                 # m ← βm
         m.add_(g, alpha=c * s)                     #     + (1 − τ)·s·g
-        if lam != 0: m.add_(p, alpha=c * lam)      #     + (1 − τ)·λθ
+        if lam is not None: m.add_(p, alpha=c * lam)  #  + (1 − τ)·λθ
         if not nesterov:
             p.add_(m, alpha=-eta)                  # θ ← θ − ηm
             return
-    # θ ← θ − η(ĝ + βm) = (1 − ηλ)θ − η·s·g − ηβm   (plain SGD: the same without βm)
-    if lam != 0: p.mul_(1 - eta * lam)
+    # θ ← θ − η(ḡ + βm) = (1 − ηλ)θ − η·s·g − ηβm   (plain SGD: the same without βm)
+    if lam is not None: p.mul_(1 - eta * lam)
     p.add_(g, alpha=-eta * s)
     if m is not None: p.add_(m, alpha=-eta * beta)
-
 
 # %% ../nbs/02_sgd.ipynb #deeff7b4
 class SGD(Optimizer):
@@ -52,19 +50,17 @@ class SGD(Optimizer):
     cosine schedule), and whenever the memory of an extra buffer per parameter matters. For transformers
     and for problems whose coordinates have very different gradient scales, prefer an adaptive method (Adam).
 
-    | state key | symbol | meaning |
-    |---|---|---|
-    | `momentum_buffer` | $m$ | momentum buffer; only when `momentum != 0` |
+    {state_table}
 
-    With $g_t=\nabla L(\theta_{t-1})$ (negated if `maximize`), $\eta$ = `lr`, $\beta$ = `momentum`,
-    $\tau$ = `dampening`, $\lambda$ = `weight_decay`:
+    With $g_t=\nabla\mathcal{L}(\theta_{t-1})$ (negated if `maximize`), $\eta$ = `lr`, $\beta$ = `momentum`,
+    $\tau$ = `dampening` (抑制系数), $\lambda$ = `weight_decay`:
 
     $$
     \begin{align*}
-    g_t &\leftarrow g_t + \lambda\,\theta_{t-1},\\
-    m_t &\leftarrow \begin{cases} g_t & t = 1,\\ \beta\, m_{t-1} + (1-\tau)\, g_t & t > 1,\end{cases}\\
-    d_t &\leftarrow \begin{cases} g_t + \beta\, m_t & \text{nesterov},\\ m_t & \text{otherwise}\end{cases}
-          \quad (d_t = g_t \text{ if } \beta = 0),\\
+    \bar g_t &\leftarrow g_t + \lambda\,\theta_{t-1},\\
+    m_t &\leftarrow \begin{cases} \bar g_t & t = 1,\\ \beta\, m_{t-1} + (1-\tau)\, \bar g_t & t > 1,\end{cases}\\
+    d_t &\leftarrow \begin{cases} \bar g_t + \beta\, m_t & \text{nesterov},\\ m_t & \text{otherwise}\end{cases}
+          \quad (d_t = \bar g_t \text{ if } \beta = 0),\\
     \theta_t &\leftarrow \theta_{t-1} - \eta\, d_t .
     \end{align*}
     $$
@@ -76,8 +72,9 @@ class SGD(Optimizer):
     - the learning rate multiplies the buffer ($\theta \leftarrow \theta - \eta m$), unlike Sutskever et al.
       (2013), who put it inside ($v \leftarrow \beta v + \eta g$, $\theta \leftarrow \theta - v$);
       the two differ when $\eta$ changes;
-    - `nesterov=True` is the memory-light form $\theta \leftarrow \theta - \eta(g + \beta m)$, which stores the
-      lookahead point $\theta - \eta\beta m$ of Sutskever et al.'s form instead of $\theta$;
+    - `nesterov=True` is the change-of-variables form (换元形式) $\theta \leftarrow \theta - \eta(\bar g + \beta m)$: the
+      model holds the lookahead point $\theta - \eta\beta m$ of Sutskever et al.'s form instead of $\theta$ (both forms keep
+      one buffer); the two agree for a constant learning rate, and differ when a scheduler changes it;
     - `weight_decay` is coupled (L2, added to the gradient), not decoupled as in SGDW/AdamW.
 
     References: Robbins & Monro (1951); Polyak (1964), heavy ball; Nesterov (1983);
@@ -105,14 +102,18 @@ class SGD(Optimizer):
                         differentiable=differentiable, fused=fused)
         super().__init__(params, defaults)
 
-    def init_state(self, p, state, group):
-        "Create the momentum buffer (only when momentum != 0, like torch)."
-        if group["momentum"] != 0:
-            state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    rule = staticmethod(sgd_update)
+    state_keys = {"m": ("momentum_buffer", "momentum buffer; only when `momentum != 0`")}
 
-    def update(self, p, g, state, group, *, first):
-        "Apply `sgd_update` to a tensor or a TensorList."
-        m = state.get("momentum_buffer") if group["momentum"] != 0 else None
-        sgd_update(p, g, m, lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
-                   weight_decay=group["weight_decay"], nesterov=group["nesterov"],
-                   maximize=group["maximize"], first=first)
+    def init_state(self, p, group):
+        "The momentum buffer, only when momentum != 0 (like torch)."
+        return {"m": torch.zeros_like(p, memory_format=torch.preserve_format)} if group["momentum"] != 0 else {}
+
+    def hyper(self, group):
+        return dict(eta=group["lr"], beta=off(group["momentum"]), tau=group["dampening"], lam=off(group["weight_decay"]),
+                    nesterov=group["nesterov"], maximize=group["maximize"])
+
+    def update(self, p, g, s, h, *, t=None, first=False):
+        "`sgd_update`, told whether the buffer is new (torch's first-step copy); no buffer while momentum is 0."
+        sgd_update(p, g, s.get("m") if h["beta"] is not None else None, **h, first=first)
+

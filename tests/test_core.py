@@ -1,11 +1,12 @@
 """optbook.core: TensorList mirrors Tensor exactly; the Optimizer skeleton validates and keeps state right."""
+import io
 import pickle
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from optbook.core import Optimizer, TensorList, check_betas, check_nonneg, check_range, default_device
+from optbook.core import Optimizer, SignSGD, TensorList, check_betas, check_nonneg, check_range, default_device, off
 from optbook import core
 
 DT = torch.float64
@@ -60,14 +61,25 @@ def test_checks_name_the_value():
     check_nonneg("lr", torch.tensor(0.1)); check_betas((0.0, 0.0))
 
 
+def count_and_descend(p, g, count, *, eta):
+    "θ ← θ − η g, counting the updates each parameter received."
+    count.add_(1.0)
+    p.add_(g, alpha=-eta)
+
+
 class Counting(Optimizer):
-    "Gradient descent that counts its updates: enough to exercise the skeleton."
+    "Gradient descent that counts its updates and keeps torch's step counter: enough to exercise the skeleton."
+    rule = staticmethod(count_and_descend)
+    state_keys = {"count": ("count", "updates received")}
+    uses_step = True
     def __init__(self, params, lr=0.1, *, foreach=None, differentiable=False, fused=None):
         check_nonneg("lr", lr)
         super().__init__(params, dict(lr=lr, foreach=foreach, maximize=False, differentiable=differentiable, fused=fused))
-    def init_state(self, p, state, group): state["count"] = torch.zeros((), dtype=p.dtype, device=p.device)
-    def update(self, p, g, state, group, *, first):
-        state["count"].add_(1.0); p.add_(g, alpha=-group["lr"])
+    def init_state(self, p, group): return {"count": torch.zeros((), dtype=p.dtype, device=p.device)}
+    def hyper(self, group): return dict(eta=group["lr"])
+    def update(self, p, g, s, h, *, t, first):
+        assert not isinstance(t, torch.Tensor) and t >= 1
+        count_and_descend(p, g, s["count"], **h)
 
 
 def test_construction_errors():
@@ -86,7 +98,7 @@ def test_named_parameters_and_sparse_error():
     m = torch.nn.Linear(3, 2)
     opt = Counting(m.named_parameters())
     m(torch.ones(1, 3)).sum().backward(); opt.step()
-    assert all(opt.state[p]["count"] == 1 for p in m.parameters())
+    assert all(opt.state[p]["count"] == 1 and opt.state[p]["step"] == 1 for p in m.parameters())
     v = torch.zeros(3, requires_grad=True); v.grad = torch.ones(3).to_sparse()
     with pytest.raises(RuntimeError, match="sparse"): Counting([v]).step()
 
@@ -116,7 +128,8 @@ def test_fake_cuda_state_on_param_device():
         for foreach in (False, True, None):
             opt = Counting(ps, foreach=foreach)
             opt.step(); opt.step()
-            assert all(s.device == p.device and s.dtype == p.dtype for p in ps for s in opt.state[p].values())
+            assert all(opt.state[p]["count"].device == p.device and opt.state[p]["count"].dtype == p.dtype for p in ps)
+            assert all(opt.state[p]["step"].device.type == "cpu" for p in ps)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -139,3 +152,219 @@ def test_tensorlist_offers_only_tensor_methods():
     "A rule written against TensorList must also run on a single Tensor."
     for name in core._OUT_OF_PLACE + core._IN_PLACE + ["clone"]:
         assert hasattr(torch.Tensor, name), name
+
+
+# --- TensorList beyond the foreach twins -------------------------------------------------------------------------
+
+def test_tensorlist_in_place_operators_update_the_tensors():
+    "Without __isub__, `p -= x` would rebind a local name and update nothing."
+    xs, ys = tensors(0), tensors(1)
+    for op, fn in [("+=", torch.Tensor.add), ("-=", torch.Tensor.sub), ("*=", torch.Tensor.mul), ("/=", torch.Tensor.div)]:
+        p = TensorList(x.clone() for x in xs); alias = p
+        exec(f"p {op} q", {}, ns := {"p": p, "q": TensorList(ys)})
+        assert ns["p"] is alias, op
+        assert all(torch.equal(a, fn(x, y)) for a, x, y in zip(alias, xs, ys)), op
+
+
+def test_tensorlist_other_methods_and_torch_functions_go_tensor_by_tensor():
+    xs, ys = tensors(0), tensors(1)
+    a, b = TensorList(xs), TensorList(ys)
+    cases = [(torch.where(a > b, a, b), [torch.where(x > y, x, y) for x, y in zip(xs, ys)]),
+             (torch.maximum(a, b), [torch.maximum(x, y) for x, y in zip(xs, ys)]),
+             (a.where(a.gt(0), b), [x.where(x.gt(0), y) for x, y in zip(xs, ys)]),
+             (a.sign().mul(b.sign()), [x.sign() * y.sign() for x, y in zip(xs, ys)]),
+             (a.clamp(-0.5, 0.5), [x.clamp(-0.5, 0.5) for x in xs]),
+             (2.0 / (a.abs() + 1.0), [2.0 / (x.abs() + 1.0) for x in xs]),
+             (1.0 - a, [1.0 - x for x in xs])]
+    for got, want in cases:
+        assert isinstance(got, TensorList) and all(torch.equal(g, w) for g, w in zip(got, want))
+    norms = a.norm()
+    assert all(torch.equal(n, x.norm()) for n, x in zip(norms, xs))
+    c = a.clone(); c.masked_fill_(c.lt(0), 0.0)
+    assert all(torch.equal(t, x.clamp_min(0)) for t, x in zip(c, xs))
+    with pytest.raises(AttributeError, match="no_such_method"): a.no_such_method()
+    with pytest.raises(ValueError, match="different lengths"): torch.maximum(a, TensorList(ys[:2]))
+
+
+def test_off_switches_terms_with_none():
+    assert off(0) is None and off(0.0) is None and off(torch.tensor(0.0)) is None
+    assert off(0.1) == 0.1 and isinstance(off(torch.tensor(0.5)), torch.Tensor)
+
+
+# --- the skeleton's new duties -------------------------------------------------------------------------------------
+
+def test_step_counter_follows_torch_and_counts_each_parameter():
+    "state['step']: a CPU float tensor like torch.optim.Adam's; a parameter without a grad on a step is not counted."
+    for foreach in (False, True):
+        ps = [torch.ones(3, dtype=DT), torch.ones(2, 2, dtype=DT)]
+        opt = Counting(ps, foreach=foreach)
+        for k in range(5):
+            ps[0].grad = torch.ones(3, dtype=DT)
+            ps[1].grad = torch.ones(2, 2, dtype=DT) if k % 2 == 0 else None
+            opt.step()
+        assert [opt.state[p]["step"].item() for p in ps] == [5.0, 3.0]
+        assert [opt.state[p]["count"].item() for p in ps] == [5.0, 3.0]
+    w = torch.zeros(2, requires_grad=True); w.grad = torch.ones(2)
+    adam = torch.optim.Adam([w]); adam.step()
+    ours = opt.state[ps[0]]["step"]
+    assert ours.dtype == adam.state[w]["step"].dtype and ours.device == adam.state[w]["step"].device
+    assert Counting.state_table().splitlines()[2].strip().startswith("| `step` | $t$ |")
+
+
+def test_a_none_state_entry_is_recreated_and_makes_a_first_step():
+    "torch.optim.SGD accepts a momentum_buffer of None and treats the next step as a first step; so does the core."
+    seen = []
+    class Probe(Counting):
+        def update(self, p, g, s, h, *, t, first):
+            seen.append(first); super().update(p, g, s, h, t=t, first=first)
+    p = torch.ones(3, dtype=DT); p.grad = torch.ones(3, dtype=DT)
+    opt = Probe([p]); opt.step(); opt.step()
+    sd = opt.state_dict(); sd["state"][0]["count"] = None
+    opt2 = Probe([p]); opt2.load_state_dict(sd); opt2.step()
+    assert seen == [True, False, True]
+    assert opt2.state[p]["count"].item() == 1.0 and opt2.state[p]["step"].item() == 3.0
+
+
+def shrink(p, g, prod, *, eta):
+    p.add_(g * prod.to(p.dtype), alpha=-eta)
+    prod.mul_(1 - eta)
+
+
+class Shrink(Optimizer):
+    "A rule with scalar state: a running product, like NAdam's."
+    rule = staticmethod(shrink)
+    state_keys = {"prod": ("prod", "running product")}
+    exact_keys = ("prod",)
+    def __init__(self, params, lr=0.1, *, foreach=None):
+        super().__init__(params, dict(lr=lr, foreach=foreach, maximize=False, differentiable=False, fused=None))
+    def init_state(self, p, group): return {"prod": torch.ones((), dtype=torch.float32)}
+    def hyper(self, group): return dict(eta=group["lr"])
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_exact_scalar_state_survives_a_bf16_round_trip(foreach):
+    def steps(opt, ps, n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            for p in ps: p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+            opt.step()
+    a = [torch.ones(5, dtype=torch.bfloat16), torch.ones(2, dtype=torch.bfloat16)]; b = [t.clone() for t in a]
+    opt_a = Shrink(a, lr=0.0123, foreach=foreach); steps(opt_a, a, 4, 1); steps(opt_a, a, 4, 2)
+    opt_b = Shrink(b, lr=0.0123, foreach=foreach); steps(opt_b, b, 4, 1)
+    buf = io.BytesIO(); torch.save(opt_b.state_dict(), buf); buf.seek(0)
+    opt_c = Shrink(b, lr=0.0123, foreach=foreach); opt_c.load_state_dict(torch.load(buf, weights_only=True))
+    steps(opt_c, b, 4, 2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(opt_c.state[p]["prod"].dtype == torch.float32 for p in b)
+    class Casting(Shrink): exact_keys = ()          # without the exemption torch's loader casts it to bf16
+    opt_d = Casting(b, lr=0.0123); opt_d.load_state_dict(opt_b.state_dict())
+    assert opt_d.state[b[0]]["prod"].dtype == torch.bfloat16
+
+
+def frobenius_step(p, g, *, eta):
+    p.add_(g / g.norm(), alpha=-eta)
+
+
+class FrobeniusGD(Optimizer):
+    "θ ← θ − η·G/‖G‖_F: needs the whole matrix."
+    rule = staticmethod(frobenius_step)
+    per_matrix = True
+    supports_complex = False
+    def __init__(self, params, lr=0.1, *, foreach=None):
+        super().__init__(params, dict(lr=lr, foreach=foreach, maximize=False, differentiable=False, fused=None))
+    def hyper(self, group): return dict(eta=group["lr"])
+
+
+def test_per_matrix_optimizers_get_whole_matrices_one_at_a_time():
+    seen = []
+    class Probe(FrobeniusGD):
+        def update(self, p, g, s, h, **kw):
+            seen.append(type(p)); super().update(p, g, s, h, **kw)
+    ws = [torch.randn(4, 3, dtype=DT), torch.randn(2, 5, dtype=DT)]
+    for w in ws: w.grad = torch.randn_like(w)
+    expected = [w - 0.1 * w.grad / w.grad.norm() for w in ws]
+    Probe(ws, foreach=True).step()
+    assert seen == [torch.Tensor, torch.Tensor]
+    assert all(torch.allclose(w, e, rtol=1e-15, atol=0) for w, e in zip(ws, expected))
+    with pytest.raises(ValueError, match=r"matrices only"): FrobeniusGD([torch.zeros(3)])
+    with pytest.raises(ValueError, match="complex"): FrobeniusGD([torch.zeros(3, 3, dtype=torch.complex64)])
+
+
+def _dtensor_worker(rank, world, store_path, out_path):
+    "One rank of the DTensor test: FSDP2-style row shards, updated by a whole-matrix and an elementwise optimizer."
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        gen = torch.Generator().manual_seed(0)
+        full = [torch.randn(6, 4, generator=gen, dtype=DT), torch.randn(5, 3, generator=gen, dtype=DT)]
+        grads = [[torch.randn(w.shape, generator=gen, dtype=DT) for w in full] for _ in range(3)]
+        results = {}
+        for name, make in [("frobenius", lambda ps: FrobeniusGD(ps, lr=0.1)),
+                           ("signum-forloop", lambda ps: SignSGD(ps, lr=0.1, momentum=0.9, foreach=False)),
+                           ("signum-foreach", lambda ps: SignSGD(ps, lr=0.1, momentum=0.9, foreach=True))]:
+            ps = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [Shard(0)])) for w in full]
+            opt = make(ps)
+            for gs in grads:
+                for p, g in zip(ps, gs): p.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+                opt.step()
+            results[name] = [p.full_tensor().detach() for p in ps]
+        if rank == 0: torch.save(results, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dtensor_shards_are_updated_as_whole_matrices(tmp_path):
+    "Two CPU processes (gloo), parameters as row-sharded DTensors as FSDP2 makes them: same result as unsharded."
+    import torch.multiprocessing as mp
+    out = tmp_path / "results.pt"
+    mp.spawn(_dtensor_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    gen = torch.Generator().manual_seed(0)
+    full = [torch.randn(6, 4, generator=gen, dtype=DT), torch.randn(5, 3, generator=gen, dtype=DT)]
+    grads = [[torch.randn(w.shape, generator=gen, dtype=DT) for w in full] for _ in range(3)]
+    for name, make in [("frobenius", lambda ps: FrobeniusGD(ps, lr=0.1)),
+                       ("signum-forloop", lambda ps: SignSGD(ps, lr=0.1, momentum=0.9, foreach=False)),
+                       ("signum-foreach", lambda ps: SignSGD(ps, lr=0.1, momentum=0.9, foreach=True))]:
+        ps = [w.clone() for w in full]
+        opt = make(ps)
+        for gs in grads:
+            for p, g in zip(ps, gs): p.grad = g.clone()
+            opt.step()
+        for a, b in zip(got[name], ps): torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    # a rule applied to each shard alone would normalize by the shard's norm: the test would notice
+    shard_wise = full[0][:3] - 0.1 * grads[0][0][:3] / grads[0][0][:3].norm()
+    assert not torch.allclose(shard_wise, full[0][:3] - 0.1 * grads[0][0][:3] / grads[0][0].norm())
+
+
+def test_evaluate_and_params_with_grad_serve_optimizers_that_own_their_step():
+    "L-BFGS-style optimizers reuse the closure and gradient handling instead of copying them."
+    class OwnStep(Counting):
+        @torch.no_grad()
+        def step(self, closure):
+            loss = self.evaluate(closure)
+            for group in self.param_groups:
+                for p, g in self.params_with_grad(group): p.add_(g, alpha=-group["lr"])
+            return loss
+    w = torch.ones(3, dtype=DT, requires_grad=True); frozen = torch.ones(2, dtype=DT, requires_grad=True)
+    opt = OwnStep([w, frozen], lr=0.25)
+    def closure():
+        opt.zero_grad(); loss = (w ** 2).sum(); loss.backward(); return loss
+    assert opt.step(closure).item() == 3.0 and torch.equal(w.detach(), torch.full((3,), 0.5, dtype=DT))
+    assert frozen.grad is None and torch.equal(frozen.detach(), torch.ones(2, dtype=DT))
+    w.grad = torch.ones(3, dtype=DT).to_sparse()
+    with pytest.raises(RuntimeError, match="OwnStep does not support sparse"): list(opt.params_with_grad(opt.param_groups[0]))
+
+
+def test_docstring_state_table_comes_from_state_keys():
+    assert "| `momentum_buffer` | $m$ |" in SignSGD.__doc__ and "{state_table}" not in SignSGD.__doc__
+    import optbook
+    assert "| `momentum_buffer` | $m$ |" in optbook.SGD.__doc__
+
+
+def test_differentiable_message_points_to_torch_only_where_torch_has_it():
+    with pytest.raises(ValueError, match=r"use torch\.optim for it"): SignSGD([torch.zeros(2)], differentiable=True)
+    import optbook
+    with pytest.raises(ValueError, match=r"use torch\.optim\.SGD for it"): optbook.SGD([torch.zeros(2)], differentiable=True)

@@ -1,12 +1,26 @@
 """One registry, every optimizer: the checks each optbook optimizer must pass, whatever its algorithm.
 
-A new chapter adds its optimizer to REGISTRY with a few settings; these tests then check that it
-- converges on the ill-conditioned quadratic and makes progress on Rosenbrock (optbook.landscapes),
-- follows its reference implementation there iterate by iterate (float64, tight tolerance),
-- resumes bit-identically from a `state_dict` saved with torch.save and read with `weights_only=True`,
-- keeps every state tensor on the parameter's device and dtype (FakeTensorMode "cuda").
+Adding an optimizer means adding its notebook, one `Entry` below, and the chapter's own specific tests
+(tests/test_<chapter>.py). For every entry the registry checks, where the entry does not declare it inapplicable:
+- convergence on the ill-conditioned quadratic and progress on Rosenbrock (optbook.landscapes);
+- agreement with the reference implementation iterate by iterate, on the for-loop and the foreach path, over
+  the entry's grid of options, with two parameter groups that differ in hyperparameters and parameters whose
+  grad is None on some steps (float64, tight tolerance); also on the landscapes, with a closure and a scheduler;
+- foreach equals the for-loop bit for bit on the CPU;
+- maximize=True on −f follows minimization of f;
+- bit-identical resume through torch.save / torch.load(weights_only=True) in float64, float32 and bfloat16,
+  and loading the reference's state_dict into optbook and back (where the reference is torch.optim's);
+- the signature and defaults of the reference; bad hyperparameters refused with the value named;
+- a deliberately wrong rule is caught (so each tolerance bites), and a foreach path that updates nothing is caught;
+- parameter groups given as generators; complex parameters as real pairs; FakeTensorMode "cuda" (state follows
+  the parameter's device and dtype); the rule compiles with fullgraph=True and a changing lr recompiles nothing;
+- on a real GPU, when there is one: agreement with the reference there.
 """
+import copy
+import inspect
 import io
+import itertools
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -16,21 +30,66 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import optbook
 from optbook import landscapes
+from optbook.core import TensorList, compile_update, hyper_tensors
 
 F64 = torch.float64
+RTOL, ATOL = 1e-12, 1e-15        # reference comparisons in float64; the mutants below must fail them
 pytestmark = pytest.mark.filterwarnings("error")  # a diverging run or a deprecation is a failure here
+
+
+class SignumReference(torch.optim.Optimizer):
+    "Signum written independently of optbook.core, straight from Bernstein et al. (2018), with decoupled decay."
+    def __init__(self, params, lr=1e-3, momentum=0, weight_decay=0, *, maximize=False, foreach=None):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None: continue
+                theta, g = torch.view_as_real(p) if p.is_complex() else p, p.grad
+                g = torch.view_as_real(g) if g.is_complex() else g
+                g = -g if group["maximize"] else g
+                if group["momentum"]:
+                    st = self.state[p]
+                    if "momentum_buffer" not in st: st["momentum_buffer"] = torch.zeros_like(p)
+                    m = st["momentum_buffer"]
+                    m = torch.view_as_real(m) if m.is_complex() else m
+                    m.copy_(group["momentum"] * m + (1 - group["momentum"]) * g)
+                    g = m
+                theta.copy_((1 - group["lr"] * group["weight_decay"]) * theta - group["lr"] * torch.sign(g))
+        return loss
 
 
 @dataclass
 class Entry:
     name: str
-    cls: Callable                       # the optbook optimizer
-    reference: Optional[Callable]       # the reference implementation with the same arguments, if any
-    settings: list                      # keyword arguments to test with; each must converge on the quadratic
-    quadratic_steps: int = 300          # steps allowed to reach f − f* < 1e-8 on quadratic(kappa=10)
+    cls: Callable                        # the optbook optimizer
+    reference: Optional[Callable]        # an independent implementation with the same arguments, or None
+    settings: list                       # keyword arguments; each must converge on the quadratic
+    grid: list = None                    # option combinations compared with the reference (default: settings)
+    torch_state: bool = False            # the reference is torch.optim's, with the same state keys: swap state_dicts
+    quadratic_steps: int = 300           # steps allowed to reach f − f* < quadratic_tol on quadratic(kappa=10)
+    quadratic_tol: float = 1e-8
+    quadratic_sched: bool = False        # decay lr with a cosine schedule on the quadratic (sign descent needs it)
     rosenbrock: dict = field(default_factory=dict)  # settings for Rosenbrock, whose curvature needs a small lr
-    rosenbrock_steps: int = 2000        # steps allowed to shrink Rosenbrock's f − f* a hundredfold
+    rosenbrock_steps: int = 2000         # steps allowed to shrink Rosenbrock's f − f* a hundredfold
+    compile_kw: dict = None              # the setting whose rule must compile (default: the last setting)
+    complex_ok: bool = True              # complex parameters are supported (as real pairs)
+    needs_closure: bool = False          # step() requires a closure (L-BFGS)
+    matrices_only: bool = False          # only 2-d parameters (Muon, Shampoo)
+    bad_args: list = field(default_factory=lambda: [dict(lr=-0.1), dict(lr=float("nan"))])  # refused, value named
 
+    @property
+    def options(self): return self.grid or self.settings
+
+
+SGD_GRID = [dict(lr=0.1, momentum=m, dampening=d, nesterov=n, weight_decay=w, maximize=x)
+            for m, d, n, w, x in itertools.product((0.0, 0.9), (0.0, 0.3), (False, True), (0.0, 0.1), (False, True))
+            if not (n and (m == 0 or d != 0))]       # nesterov needs momentum > 0 and dampening == 0 (both refuse)
 
 REGISTRY = [
     Entry("SGD", optbook.SGD, torch.optim.SGD, [
@@ -38,24 +97,132 @@ REGISTRY = [
         dict(lr=0.02, momentum=0.9),
         dict(lr=0.02, momentum=0.9, nesterov=True),
         dict(lr=0.02, momentum=0.9, dampening=0.5, weight_decay=1e-9),
-    ], rosenbrock=dict(lr=1e-3, momentum=0.9)),
+    ], grid=SGD_GRID, torch_state=True, rosenbrock=dict(lr=1e-3, momentum=0.9),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(momentum=-0.5), dict(weight_decay=-1e-4)]),
+    Entry("SignSGD", optbook.SignSGD, SignumReference, [
+        dict(lr=0.05),
+        dict(lr=0.05, momentum=0.9),
+        dict(lr=0.05, momentum=0.5, weight_decay=1e-3),
+    ], grid=[dict(lr=0.05, momentum=m, weight_decay=w, maximize=x)
+             for m, w, x in itertools.product((0.0, 0.5, 0.9), (0.0, 0.1), (False, True))],
+       quadratic_steps=1000, quadratic_tol=1e-6, quadratic_sched=True, rosenbrock=dict(lr=3e-3, momentum=0.9),
+       bad_args=[dict(lr=-0.1), dict(momentum=1.0), dict(weight_decay=-1.0)]),
 ]
-CASES = [(e, s) for e in REGISTRY for s in e.settings]
-IDS = [f"{e.name}-{'-'.join(f'{k}={v}' for k, v in s.items())}" for e, s in CASES]
 
+
+def entry_cases(entries, attr):
+    "(entry, kwargs) pairs over each entry's `attr` list, with readable ids."
+    cases = [(e, kw) for e in entries for kw in getattr(e, attr)]
+    return pytest.mark.parametrize("entry,kw", cases, ids=[f"{e.name}-{'-'.join(f'{k}={v}' for k, v in kw.items())}"
+                                                            for e, kw in cases])
+
+
+ENTRIES = pytest.mark.parametrize("entry", REGISTRY, ids=lambda e: e.name)
+WITH_REF = [e for e in REGISTRY if e.reference is not None]
+FOREACH = pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+
+# ------------------------------------------------------------------------------------------------------------------
+# Random problems: parameters of several shapes in two groups; the one at NO_GRAD never gets a gradient and the one
+# at SOMETIMES only on even steps.
+
+SHAPES = [(4, 3), (), (6,), (2, 2, 2), (3,), (5, 2)]
+NO_GRAD, SOMETIMES = 4, 5
+
+
+def shapes_for(entry):
+    return [(4, 3), (3, 5), (2, 6), (4, 4), (3, 3), (5, 2)] if entry.matrices_only else SHAPES
+
+
+def make_params(entry, dtype=F64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=F64).to(device=device, dtype=dtype) for s in shapes_for(entry)]
+
+
+def groups(ps, kw):
+    "Two parameter groups; the second has its own lr."
+    return [{"params": ps[:2]}, {"params": ps[2:], "lr": kw.get("lr", 1e-3) * 0.3}]
+
+
+def grads_for(entry, step, dtype=F64, device="cpu", seed=1):
+    "The gradients of step `step` (None for NO_GRAD always and for SOMETIMES on odd steps)."
+    gen = torch.Generator().manual_seed(seed * 1000 + step)
+    out = []
+    for i, s in enumerate(shapes_for(entry)):
+        g = torch.randn(s, generator=gen, dtype=F64).to(device=device, dtype=dtype)
+        out.append(None if i == NO_GRAD or (i == SOMETIMES and step % 2) else g)
+    return out
+
+
+def set_grads(ps, grads):
+    "Each optimizer gets its own copy: torch's foreach Nesterov path writes into p.grad."
+    for p, g in zip(ps, grads): p.grad = None if g is None else g.clone()
+
+
+def run(make, entry, steps, dtype=F64, device="cpu", params=None, start=0, seed=1):
+    "Step `make(params)` with the registry's gradients; return the iterates (a list per step) and the optimizer."
+    ps = make_params(entry, dtype, device) if params is None else params
+    opt = make(ps)
+    path = []
+    for k in range(start, start + steps):
+        set_grads(ps, grads_for(entry, k, dtype, device, seed))
+        opt.step()
+        path.append([p.detach().clone() for p in ps])
+    return path, opt, ps
+
+
+def assert_paths_close(ours, ref, rtol=RTOL, atol=ATOL):
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            torch.testing.assert_close(x, y, rtol=rtol, atol=atol, msg=lambda m: f"step {k + 1}, parameter {i}: {m}")
+
+
+def assert_paths_equal(ours, ref):
+    for k, (a, b) in enumerate(zip(ours, ref)):
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert torch.equal(x, y), f"step {k + 1}, parameter {i} differs (max {(x - y).abs().max():.3e})"
+
+
+def assert_states_equal(sa, sb, close=False):
+    "Same parameters in the state (no empty entries), same keys, equal values."
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        assert sa[i].keys() == sb[i].keys(), (i, sa[i].keys(), sb[i].keys())
+        for k in sa[i]:
+            if close: torch.testing.assert_close(sa[i][k], sb[i][k], rtol=RTOL, atol=ATOL, check_dtype=False)
+            else: assert torch.equal(sa[i][k], sb[i][k]) and sa[i][k].dtype == sb[i][k].dtype, (i, k)
+
+
+def compare_with_reference(entry, kw, foreach, steps=20, dtype=F64, device="cpu", rtol=RTOL, atol=ATOL):
+    ours, opt, ps = run(lambda ps: entry.cls(groups(ps, kw), foreach=foreach, **kw), entry, steps, dtype, device)
+    ref, ref_opt, _ = run(lambda ps: entry.reference(groups(ps, kw), foreach=foreach, **kw), entry, steps, dtype, device)
+    assert_paths_close(ours, ref, rtol, atol)
+    assert torch.equal(ps[NO_GRAD], make_params(entry, dtype, device)[NO_GRAD]), "a parameter without grad must not move"
+    assert ps[NO_GRAD] not in opt.state, "a parameter without grad must get no state"
+    if entry.torch_state: assert_states_equal(opt.state_dict()["state"], ref_opt.state_dict()["state"], close=True)
+    return opt
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Landscapes
 
 def gap(landscape, path):
     return (landscape(path[-1]) - landscape.f_min).item()
 
 
-@pytest.mark.parametrize("entry,kw", CASES, ids=IDS)
+@entry_cases(REGISTRY, "settings")
 def test_converges_on_the_quadratic(entry, kw):
     q = landscapes.quadratic(kappa=10.0, angle=0.3)
-    path = landscapes.trajectory(q, lambda ps: entry.cls(ps, **kw), entry.quadratic_steps)
-    assert gap(q, path) < 1e-8, f"{entry.name}{kw}: f − f* = {gap(q, path):.2e} after {entry.quadratic_steps} steps"
+    x = torch.tensor(q.start, dtype=F64, requires_grad=True)
+    opt = entry.cls([x], **kw)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=entry.quadratic_steps) if entry.quadratic_sched else None
+    for _ in range(entry.quadratic_steps):
+        opt.zero_grad(); q(x).backward(); opt.step()
+        if sched: sched.step()
+    path = x.detach()[None]
+    assert gap(q, path) < entry.quadratic_tol, f"{entry.name}{kw}: f − f* = {gap(q, path):.2e} after {entry.quadratic_steps} steps"
 
 
-@pytest.mark.parametrize("entry", REGISTRY, ids=lambda e: e.name)
+@ENTRIES
 def test_progress_on_rosenbrock(entry):
     r = landscapes.rosenbrock()
     path = landscapes.trajectory(r, lambda ps: entry.cls(ps, **entry.rosenbrock), entry.rosenbrock_steps)
@@ -63,54 +230,282 @@ def test_progress_on_rosenbrock(entry):
     assert gap(r, path) < start / 100, f"{entry.name}{entry.rosenbrock}: {start:.3g} → {gap(r, path):.3g}"
 
 
-@pytest.mark.parametrize("entry,kw", [(e, s) for e, s in CASES if e.reference], ids=[i for (e, _), i in zip(CASES, IDS) if e.reference])
-def test_follows_reference_on_landscapes(entry, kw):
+@entry_cases(WITH_REF, "settings")
+@FOREACH
+def test_follows_reference_on_landscapes(entry, kw, foreach):
     "On curved landscapes too (a smaller lr there, so that no run diverges: a warning fails this test)."
     for land, lr in ((landscapes.quadratic(kappa=10.0, angle=0.3), kw["lr"]), (landscapes.rosenbrock(), 1e-3),
                      (landscapes.beale(), 1e-3)):
-        kw = dict(kw, lr=lr)
-        ours = landscapes.trajectory(land, lambda ps: entry.cls(ps, **kw), 100, start=land.start)
-        ref = landscapes.trajectory(land, lambda ps: entry.reference(ps, **kw), 100, start=land.start)
+        kw2 = dict(kw, lr=lr)
+        ours = landscapes.trajectory(land, lambda ps: entry.cls(ps, foreach=foreach, **kw2), 100, start=land.start)
+        ref = landscapes.trajectory(land, lambda ps: entry.reference(ps, foreach=foreach, **kw2), 100, start=land.start)
         assert ours.shape == ref.shape == (101, 2)
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
 
 
-def train(opt, ps, steps, seed):
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        for p in ps: p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
-        opt.step()
+# ------------------------------------------------------------------------------------------------------------------
+# The reference, iterate by iterate
+
+@entry_cases(WITH_REF, "options")
+@FOREACH
+def test_matches_reference(entry, kw, foreach):
+    compare_with_reference(entry, kw, foreach)
 
 
-@pytest.mark.parametrize("entry,kw", CASES, ids=IDS)
-@pytest.mark.parametrize("foreach", [False, True])
-def test_resume_is_bit_identical(entry, kw, foreach):
-    def fresh():
-        gen = torch.Generator().manual_seed(0)
-        return [torch.randn(s, generator=gen, dtype=F64) for s in [(3, 4), (), (7,)]]
-    a = fresh(); opt_a = entry.cls(a, foreach=foreach, **kw)
-    train(opt_a, a, 5, seed=1); train(opt_a, a, 5, seed=2)
-    b = fresh(); opt_b = entry.cls(b, foreach=foreach, **kw)
-    train(opt_b, b, 5, seed=1)
+@entry_cases(REGISTRY, "options")
+def test_foreach_equals_forloop_bit_for_bit(entry, kw):
+    loop, opt_l, _ = run(lambda ps: entry.cls(groups(ps, kw), foreach=False, **kw), entry, 20)
+    each, opt_e, _ = run(lambda ps: entry.cls(groups(ps, kw), foreach=True, **kw), entry, 20)
+    assert_paths_equal(loop, each)
+    assert_states_equal(opt_l.state_dict()["state"], opt_e.state_dict()["state"])
+
+
+@entry_cases(REGISTRY, "settings")
+@FOREACH
+def test_maximize_on_minus_f_follows_minimize_on_f(entry, kw, foreach):
+    if "maximize" not in inspect.signature(entry.cls).parameters: pytest.skip("no maximize option")
+    q = landscapes.quadratic(kappa=10.0, angle=0.3)
+    def path(sign, maximize):
+        x = torch.tensor(q.start, dtype=F64, requires_grad=True)
+        opt = entry.cls([x], foreach=foreach, maximize=maximize, **kw)
+        out = []
+        for _ in range(50):
+            opt.zero_grad(); (sign * q(x)).backward(); opt.step(); out.append([x.detach().clone()])
+        return out
+    assert_paths_equal(path(-1.0, True), path(1.0, False))
+
+
+@entry_cases(WITH_REF, "settings")
+@FOREACH
+def test_closure_and_scheduler_match_reference(entry, kw, foreach):
+    "step(closure) returns the closure's loss, and a StepLR schedule changes lr in both the same way."
+    target = [torch.randn(s, generator=torch.Generator().manual_seed(7), dtype=F64) for s in shapes_for(entry)]
+    runs = []
+    for cls in (entry.cls, entry.reference):
+        ps = [p.requires_grad_() for p in make_params(entry)]
+        opt = cls(groups(ps, kw), foreach=foreach, **kw)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+        def closure():
+            opt.zero_grad()
+            loss = sum(((p - t) ** 2).sum() * (i + 1) for i, (p, t) in enumerate(zip(ps, target)) if i != NO_GRAD)
+            loss.backward()
+            return loss
+        losses, iterates = [], []
+        for _ in range(20):
+            losses.append(opt.step(closure).item()); sched.step()
+            iterates.append([p.detach().clone() for p in ps])
+        runs.append((losses, iterates, [g["lr"] for g in opt.param_groups], ps))
+    (l_o, it_o, lr_o, ps_o), (l_r, it_r, lr_r, _) = runs
+    assert lr_o == lr_r and lr_o[0] == kw["lr"] * 0.5 ** 4
+    torch.testing.assert_close(torch.tensor(l_o), torch.tensor(l_r), rtol=RTOL, atol=ATOL)
+    assert_paths_close(it_o, it_r)
+    assert ps_o[NO_GRAD].grad is None
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# state_dict: resume, and swapping with torch
+
+DTYPES = pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=["f64", "f32", "bf16"])
+
+
+@entry_cases(REGISTRY, "settings")
+@DTYPES
+@FOREACH
+def test_resume_is_bit_identical(entry, kw, dtype, foreach):
+    make = lambda ps: entry.cls(groups(ps, kw), foreach=foreach, **kw)
+    straight, opt_a, _ = run(make, entry, 10, dtype)
+    _, opt_b, b = run(make, entry, 5, dtype)
     buf = io.BytesIO(); torch.save(opt_b.state_dict(), buf); buf.seek(0)
     b2 = [t.clone() for t in b]
-    opt_c = entry.cls(b2, foreach=foreach, **kw)
+    opt_c = make(b2)
     opt_c.load_state_dict(torch.load(buf, weights_only=True))
-    train(opt_c, b2, 5, seed=2)
-    assert all(torch.equal(x, y) for x, y in zip(a, b2))
-    sa, sc = opt_a.state_dict()["state"], opt_c.state_dict()["state"]
-    assert sa.keys() == sc.keys() and all(torch.equal(sa[i][k], sc[i][k]) for i in sa for k in sa[i])
+    resumed, opt_c, _ = run(lambda ps: opt_c, entry, 5, dtype, params=b2, start=5)
+    assert_paths_equal(straight[5:], resumed)
+    assert_states_equal(opt_a.state_dict()["state"], opt_c.state_dict()["state"])
 
 
-@pytest.mark.parametrize("entry,kw", CASES, ids=IDS)
-@pytest.mark.parametrize("foreach", [False, True])
+@entry_cases([e for e in REGISTRY if e.torch_state], "settings")
+@FOREACH
+def test_state_dicts_swap_with_torch(entry, kw, foreach):
+    "10 steps of torch; its state_dict into optbook; 10 steps of both; optbook's state_dict into torch; 10 more."
+    _, ref, ref_ps = run(lambda ps: entry.reference(groups(ps, kw), foreach=foreach, **kw), entry, 10)
+    ours_ps = [p.clone() for p in ref_ps]
+    ours = entry.cls(groups(ours_ps, kw), foreach=foreach, **kw)
+    ours.load_state_dict(copy.deepcopy(ref.state_dict()))     # as from disk: torch's loader does not copy
+    a, _, _ = run(lambda ps: ours, entry, 10, params=ours_ps, start=10)
+    b, _, _ = run(lambda ps: ref, entry, 10, params=ref_ps, start=10)
+    assert_paths_close(a, b)
+    back_ps = [p.clone() for p in ours_ps]
+    back = entry.reference(groups(back_ps, kw), foreach=foreach, **kw)
+    back.load_state_dict(copy.deepcopy(ours.state_dict()))
+    a, _, _ = run(lambda ps: ours, entry, 10, params=ours_ps, start=20)
+    b, _, _ = run(lambda ps: back, entry, 10, params=back_ps, start=20)
+    assert_paths_close(a, b)
+    assert_states_equal(ours.state_dict()["state"], back.state_dict()["state"], close=True)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Construction
+
+@pytest.mark.parametrize("entry", [e for e in REGISTRY if e.reference is not None and e.reference.__module__.startswith("torch")],
+                         ids=lambda e: e.name)
+def test_signature_and_defaults_match_torch(entry):
+    ours, ref = inspect.signature(entry.cls), inspect.signature(entry.reference)
+    assert list(ours.parameters) == list(ref.parameters)
+    for name, p in ref.parameters.items():
+        assert ours.parameters[name].kind == p.kind, name
+        assert ours.parameters[name].default == p.default, (name, ours.parameters[name].default, p.default)
+    a = entry.cls(make_params(entry)[:1]).param_groups[0]
+    b = entry.reference(make_params(entry)[:1]).param_groups[0]
+    assert {k: v for k, v in a.items() if k != "params"} == {k: v for k, v in b.items() if k != "params"}
+
+
+@pytest.mark.parametrize("entry,bad", [(e, b) for e in REGISTRY for b in e.bad_args],
+                         ids=[f"{e.name}-{b}" for e in REGISTRY for b in e.bad_args])
+def test_bad_hyperparameters_are_refused(entry, bad):
+    (name, value), = bad.items()
+    with pytest.raises(ValueError, match=name) as err:
+        entry.cls(make_params(entry)[:1], **bad)
+    assert str(value) in str(err.value), "the message names the value"
+
+
+@ENTRIES
+def test_parameter_groups_given_as_generators(entry):
+    "The per-layer-lr pattern of torch's docs: [{'params': model.parameters()}, ...] keeps every parameter."
+    kw = entry.settings[-1]
+    ps_gen, ps_list = make_params(entry), make_params(entry)
+    opt_gen = entry.cls([{"params": (p for p in ps_gen[:2])}, {"params": iter(ps_gen[2:]), "lr": kw["lr"] * 0.3}], **kw)
+    opt_list = entry.cls(groups(ps_list, kw), **kw)
+    assert [len(g["params"]) for g in opt_gen.param_groups] == [2, len(ps_gen) - 2]
+    a, _, _ = run(lambda ps: opt_gen, entry, 3, params=ps_gen)
+    b, _, _ = run(lambda ps: opt_list, entry, 3, params=ps_list)
+    assert_paths_equal(a, b)
+    assert not torch.equal(ps_gen[0], make_params(entry)[0]), "the parameters moved"
+
+
+@pytest.mark.parametrize("entry", [e for e in REGISTRY if e.complex_ok], ids=lambda e: e.name)
+@FOREACH
+def test_complex_parameters_are_real_pairs(entry, foreach):
+    "A complex parameter moves exactly as its real and imaginary parts would as real parameters; so does the reference."
+    kw = entry.settings[-1]
+    gen = torch.Generator().manual_seed(3)
+    z = [torch.randn(4, 3, generator=gen, dtype=torch.complex128), torch.randn(5, generator=gen, dtype=torch.complex128)]
+    r = [torch.view_as_real(x).clone() for x in z]
+    zr = [x.clone() for x in z]
+    opt_z, opt_r = entry.cls(z, foreach=foreach, **kw), entry.cls(r, foreach=foreach, **kw)
+    ref = entry.reference(zr, foreach=foreach, **kw) if entry.reference else None
+    for _ in range(10):
+        gs = [torch.randn(x.shape, generator=gen, dtype=torch.complex128) for x in z]
+        for x, y, w, g in zip(z, r, zr, gs): x.grad, y.grad, w.grad = g.clone(), torch.view_as_real(g).clone(), g.clone()
+        opt_z.step(); opt_r.step()
+        if ref: ref.step()
+    for x, y, w in zip(z, r, zr):
+        assert torch.equal(torch.view_as_real(x), y)
+        if ref: torch.testing.assert_close(x, w, rtol=RTOL, atol=ATOL)
+    assert all(s.dtype == torch.complex128 for st in opt_z.state.values() for s in st.values() if s.dim() > 0)
+
+
+@entry_cases(REGISTRY, "settings")
+@FOREACH
 def test_state_follows_the_device(entry, kw, foreach):
+    "Under FakeTensorMode, 'cuda' parameters of two dtypes: every state tensor is on its parameter's device and dtype."
     with FakeTensorMode():
         ps = [torch.empty(8, 3, device="cuda", dtype=dt) for dt in (torch.float32, torch.float64)]
         for p in ps: p.grad = torch.empty_like(p)
         opt = entry.cls(ps, foreach=foreach, **kw)
         for _ in range(2): opt.step()
         for p in ps:
-            for s in opt.state[p].values():
-                if isinstance(s, torch.Tensor) and s.dim() > 0:
-                    assert s.device == p.device and s.dtype == p.dtype
+            assert p.device.type == "cuda"
+            for k, s in opt.state[p].items():
+                if k == "step": assert s.device.type == "cpu"        # torch's convention: the counter stays on the CPU
+                elif isinstance(s, torch.Tensor) and s.dim() > 0: assert s.device == p.device and s.dtype == p.dtype, k
+
+
+@ENTRIES
+def test_rule_compiles_and_lr_changes_recompile_nothing(entry):
+    "The rule over a batch under torch.compile(fullgraph=True); 0-dim tensor hyperparameters; equal to eager."
+    import torch._dynamo
+    with warnings.catch_warnings():       # Inductor imports torch.utils.mkldnn, whose class body warns of a torch.jit deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch.utils.mkldnn  # noqa: F401
+    kw = entry.compile_kw or entry.settings[-1]
+    ps_c, ps_e = make_params(entry)[:3], make_params(entry)[:3]
+    opt_c, opt_e = entry.cls(ps_c, **kw), entry.cls(ps_e, **kw)
+    lrs = [kw["lr"] * f for f in (1.0, 0.5, 0.25, 2.0, 0.1)]
+    for k, lr in enumerate(lrs[:1]):           # step 1 eagerly: creates the state (and the first-step special case)
+        for opt, ps in ((opt_c, ps_c), (opt_e, ps_e)):
+            set_grads(ps, grads_for(entry, k)[:3]); opt.param_groups[0]["lr"] = lr; opt.step()
+    fused = compile_update()
+    torch._dynamo.reset()
+    for k, lr in enumerate(lrs[1:], start=1):
+        opt_c.param_groups[0]["lr"] = lr
+        group = opt_c.param_groups[0]
+        states = {sym: [opt_c.state[p][key] for p in ps_c] for sym, (key, _) in entry.cls.state_keys.items()
+                  if all(key in opt_c.state.get(p, {}) for p in ps_c)}
+        t = None
+        if entry.cls.uses_step:
+            for p in ps_c: opt_c.state[p]["step"] += 1
+            t = opt_c.state[ps_c[0]]["step"]
+        with torch._dynamo.config.patch(error_on_recompile=k > 1):   # compile at step 2, then never again
+            fused(opt_c, ps_c, [g for g in grads_for(entry, k)[:3]], states, hyper_tensors(opt_c.hyper(group)), t)
+        set_grads(ps_e, grads_for(entry, k)[:3]); opt_e.param_groups[0]["lr"] = lr; opt_e.step()
+    for a, b in zip(ps_c, ps_e): torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
+
+
+def test_star_import_exports_every_optimizer():
+    ns = {}
+    exec("from optbook import *", ns)
+    for e in REGISTRY: assert ns[e.name] is e.cls
+    for name in ("Optimizer", "TensorList", "default_device"): assert name in ns
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The tolerances bite: deliberately wrong optimizers must fail the comparisons above
+
+def lr_off_by_1e9(cls):
+    "A step size wrong by one part in 1e9: the reference comparison must notice."
+    class Mutant(cls):
+        def hyper(self, group):
+            h = super().hyper(group); h["eta"] = h["eta"] * (1 + 1e-9); return h
+    return Mutant
+
+
+def foreach_updates_a_copy(cls):
+    "The bug of a rule that writes `p = p - lr * g` on the foreach path: every TensorList update lands in a copy."
+    class Mutant(cls):
+        def update(self, p, g, s, h, **kw):
+            if isinstance(p, TensorList): p = p.clone()
+            super().update(p, g, s, h, **kw)
+    return Mutant
+
+
+@entry_cases(WITH_REF, "settings")
+@FOREACH
+def test_comparison_catches_a_tiny_lr_error(entry, kw, foreach):
+    with pytest.raises(AssertionError):
+        compare_with_reference(Entry(**{**entry.__dict__, "cls": lr_off_by_1e9(entry.cls)}), kw, foreach)
+
+
+@ENTRIES
+def test_checks_catch_a_foreach_path_that_updates_nothing(entry):
+    kw = entry.settings[-1]
+    broken = Entry(**{**entry.__dict__, "cls": foreach_updates_a_copy(entry.cls)})
+    if entry.reference is not None:
+        with pytest.raises(AssertionError): compare_with_reference(broken, kw, foreach=True)
+    with pytest.raises(AssertionError): test_foreach_equals_forloop_bit_for_bit(broken, kw)
+    if entry.reference is not None: compare_with_reference(broken, kw, foreach=False)  # the for-loop path is unaffected
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# A real GPU, when there is one
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@entry_cases(WITH_REF, "settings")
+@pytest.mark.parametrize("foreach", [None, False, True], ids=["default", "forloop", "foreach"])
+def test_matches_reference_on_cuda(entry, kw, foreach):
+    compare_with_reference(entry, kw, foreach, device="cuda")                    # float64 on the GPU: tight
+    compare_with_reference(entry, kw, foreach, device="cuda", dtype=torch.float32, rtol=1e-5, atol=1e-6)
+    opt = entry.cls(make_params(entry, device="cuda"), foreach=foreach, **kw)
+    ps = [p for g in opt.param_groups for p in g["params"]]
+    set_grads(ps, grads_for(entry, 0, device="cuda")); opt.step()
+    assert all(s.is_cuda for st in opt.state.values() for k, s in st.items() if k != "step")
