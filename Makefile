@@ -1,5 +1,12 @@
-# optbook: `make book` builds the rendered book, `make test` runs every check. Both install what they
-# need first (Debian packages as root, a .venv, MathJax), so a fresh clone on a fresh machine needs nothing else.
+# optbook: `make book` builds the rendered book, `make test` runs every check, `make unit` the fast ones.
+# All install what they need first (Debian packages as root, a .venv, MathJax), so a fresh clone on a fresh
+# machine needs nothing else.
+#
+# Each notebook executes once per `make test`: in the book build, in the `optbook-colab` kernel that
+# _ext/optbook_book.py sets up (a fresh kernel, a temporary working directory, nbdev/fastcore/execnb not
+# importable, as on Colab). A failing cell fails the build (raise_on_error), so that run is at the same time
+# the page's output, the notebooks' cell tests and the Colab check; tests/test_colab_run.py then checks from
+# _build that it ran that way. After each build the per-chapter execution times are printed.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PY      := .venv/bin/python
@@ -15,17 +22,35 @@ BOOK_OPTS := -W -n --keep-going
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test export check-export nbtest pytest bench debs venv mathjax clean
+.PHONY: book test unit booktest export check-export nbtest pytest bench debs venv mathjax clean
 
+# BOOK_ALL=--all re-reads (so re-executes) every page; plain `make book` rebuilds the changed pages only.
+BOOK_ALL ?=
 book: venv mathjax export
-	@start=$$(date +%s); \
-	$(BIN)/jupyter-book build . $(BOOK_OPTS); \
+	@start=$$(date +%s); rm -f _build/exec_times.json; status=0; \
+	$(BIN)/jupyter-book build . $(BOOK_OPTS) $(BOOK_ALL) || status=$$?; \
+	if [ -f _build/exec_times.json ]; then echo; $(PY) _ext/optbook_book.py exec-table; echo; fi; \
+	if [ $$status != 0 ]; then echo "make book: the build failed (see above)"; exit $$status; fi; \
 	echo "make book: built in $$(( $$(date +%s) - start )) s. Open file://$(CURDIR)/_build/html/index.html"
 
+# Everything, each once: the fast tests first (fail early), then the book (every notebook executed, once),
+# then the tests of what the build produced.
 test:
 	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory venv mathjax check-export nbtest book pytest; \
+	$(MAKE) --no-print-directory venv mathjax check-export unit; \
+	$(MAKE) --no-print-directory book BOOK_ALL=--all; \
+	$(MAKE) --no-print-directory booktest; \
 	echo "make test: all checks passed in $$(( $$(date +%s) - start )) s"
+
+# The unit tests: everything that needs neither the built book nor a chapter's execution (seconds, not minutes).
+unit: venv export
+	@start=$$(date +%s); \
+	$(BIN)/pytest -q -m "not book" tests; \
+	echo "make unit: passed in $$(( $$(date +%s) - start )) s"
+
+# The tests of the built book (pages in headless Chromium, the Colab-style run records, execution times).
+booktest: venv
+	$(BIN)/pytest -q -m book tests
 
 debs:
 	@missing=""; for p in $(DEB_PKGS); do \
@@ -66,9 +91,11 @@ check-export: export
 	  echo "optbook/ is out of sync with nbs/: run nbdev_export and commit"; git status --porcelain -- optbook; exit 1; fi
 	@echo "optbook/ is in sync with nbs/"
 
+# Not part of `make test` (the book build runs the cells): the notebooks' cells through nbdev alone, no book.
 nbtest: venv
 	$(BIN)/nbdev_test --n_workers 2
 
+# All of tests/ at once, against the last build.
 pytest: venv
 	$(BIN)/pytest -q tests
 

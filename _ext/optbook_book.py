@@ -1,31 +1,107 @@
 """Sphinx glue for the optbook book (loaded through `sphinx.local_extensions` in _config.yml).
 
-`read_nbdev` is registered as myst-nb's reader for `.ipynb` (`nb_custom_formats`). It turns nbdev's
-cell directives into what MyST-NB understands, so no `#| ...` line ever reaches a page:
+Three jobs:
 
-- `#| hide` and cells holding only directives (`#| default_exp core`) get the `remove-cell` tag: they
-  still execute, but nothing of them is shown;
-- `#| echo: false` becomes `remove-input`, `#| output: false` becomes `remove-output`;
-- every directive line is stripped from the source that is shown.
+1. `read_nbdev` is registered as myst-nb's reader for `.ipynb` (`nb_custom_formats`). It turns nbdev's
+   cell directives into what MyST-NB understands, so no `#| ...` line ever reaches a page (`DIRECTIVES`
+   below is the whole vocabulary the book accepts):
 
-It also joins the soft line breaks of Chinese prose in markdown cells (`join_cjk_lines`): a browser
-renders a newline between two Chinese characters as a visible space, which Chinese typography has not.
+   - `#| hide`, `#| include: false` and cells holding only directives (`#| default_exp core`) get the
+     `remove-cell` tag: they still execute, but nothing of them is shown;
+   - `#| echo: false` becomes `remove-input`, `#| output: false` becomes `remove-output`,
+     `#| code-fold: true` becomes `hide-input` (folded, one click to open);
+   - `#| eval: false` becomes `skip-execution`, the tag nbclient (which myst-nb executes with) skips,
+     so the cell is shown but never run, as `nbdev_test` never runs it;
+   - `#| export`, `exports`, `exporti` (with or without a module) are for `nbdev_export` and change
+     nothing on the page;
+   - any other directive, or a `#|` line after the code has begun (nbdev ignores it, the page would
+     show it), is an error that names the notebook, the cell and the line: a Sphinx warning under the
+     build (`-W` makes it fatal), a `ValueError` elsewhere.
+
+   It also joins the soft line breaks of Chinese prose in markdown cells (`join_cjk_lines`): a browser
+   renders a newline between two Chinese characters as a visible space, which Chinese typography has not.
+
+2. Every notebook of the build runs once, Colab-style, in the `optbook-colab` kernel that this
+   extension writes into `_build/jupyter/kernels` (found through `JUPYTER_PATH`; `_config.yml` maps
+   every notebook's kernel to it with `nb_kernel_rgx_aliases`, and runs it in a temporary directory
+   with `execute: run_in_temp`). The kernel is this venv's Python started through `colab_kernel`
+   (`python optbook_book.py kernel -f CONNECTION_FILE`): before ipykernel starts it makes the
+   development-only packages (`DEV_ONLY`) unimportable, as they are on Colab (`myst_nb` stays, for
+   `glue`, see `BOOK_ONLY`), drops the repository from sys.path, takes a fresh IPython
+   profile, and writes a record of itself (notebook, working directory, what it blocked) to
+   `_build/jupyter/runs/`, which tests/test_colab_run.py checks. That one execution is the book's
+   output, the notebooks' cell tests and the Colab check at once.
+
+3. At `build-finished` it writes `_build/exec_times.json`, each chapter's execution time and status
+   from myst-nb's execution data; `python _ext/optbook_book.py exec-table` prints it (make does).
 """
-import re
-import nbformat
+import json, os, pathlib, re, sys, time
 
-_DIRECTIVE = re.compile(r"^\s*#\s*\|\s*(.*?)\s*$")
-_TAGS = {"hide": "remove-cell", "echo: false": "remove-input", "output: false": "remove-output"}
+KERNEL = "optbook-colab"
+DEV_ONLY = ("nbdev", "fastcore", "execnb")  # on the development machine only, never on Colab: blocked in the kernel
+# myst_nb is also absent on Colab, but the book's kernel must import it: `myst_nb.glue` is how a chapter puts a
+# computed number into its prose, and the one execution is the one that makes the page. A chapter may import it
+# only under `try: ... except ImportError:` with a fallback (tests/test_notebooks.py checks that statically).
+BOOK_ONLY = ("myst_nb",)
+
+_DIRECTIVE = re.compile(r"^\s*#\s*\|(.*)$")
+_MAGIC = re.compile(r"^\s*%%\w+")
+
+# The book's whole directive vocabulary: (name, first argument or None for any) -> MyST-NB tag or None.
+DIRECTIVES = {
+    ("hide", None): "remove-cell", ("include:", "false"): "remove-cell", ("include:", "true"): None,
+    ("default_exp", None): "remove-cell",
+    ("export", None): None, ("exports", None): None, ("exporti", None): None,
+    ("echo:", "false"): "remove-input", ("echo:", "true"): None,
+    ("output:", "false"): "remove-output", ("output:", "true"): None,
+    ("eval:", "false"): "skip-execution", ("eval:", "true"): None,
+    ("code-fold:", "true"): "hide-input", ("code-fold:", "show"): None, ("code-fold:", "false"): None,
+}
+# Directives nbdev or Quarto know but the book does not honour, with what to write instead.
+_ADVICE = {
+    "notest": "the book build is the notebooks' test run and executes every cell; write `#| eval: false` to skip one",
+    "slow": "the book build is the notebooks' test run and executes every cell; write `#| eval: false` to skip one, "
+            "or make the demo smaller on the CPU",
+    "hide_input": "that is nbdev 1; write `#| echo: false`",
+    "hide_output": "that is nbdev 1; write `#| output: false`",
+    "filter_stream": "the book shows streams as they are; print less instead",
+    "exec_doc": "the book has no show_doc pages; nothing to execute for docs",
+    "output:": "only `output: false` or `output: true`",
+}
+
+
+def _parse(line: str):
+    "One `#|` line as nbdev reads it: (name, args), with `key: value` normalised to ('key:', ['value'])."
+    body = _DIRECTIVE.match(line).group(1).strip()
+    if body.endswith(":"): body = body[:-1]
+    body = body.replace(":", ": ")
+    parts = body.split()
+    return (parts[0], parts[1:]) if parts else None
 
 
 def _directives(source: str):
-    "Split a code cell's leading `#|` lines from the rest of its source."
+    """Split a code cell into its leading directive region and the rest, as nbdev does.
+
+    The region holds `#|` lines, blank lines and cell magics (`%%time`); the magics stay in the code.
+    Returns (directives as (line, name, args), the code without directive lines, stray `#|` lines after it)."""
     lines = source.splitlines()
-    found = []
-    while lines and _DIRECTIVE.match(lines[0]):
-        found.append(_DIRECTIVE.match(lines[0]).group(1).lower())
-        lines.pop(0)
-    return found, "\n".join(lines)
+    found, kept, i = [], [], 0
+    while i < len(lines) and (not lines[i].strip() or _DIRECTIVE.match(lines[i]) or _MAGIC.match(lines[i])):
+        if _DIRECTIVE.match(lines[i]):
+            parsed = _parse(lines[i])
+            if parsed: found.append((lines[i].strip(), *parsed))
+        elif lines[i].strip(): kept.append(lines[i])
+        i += 1
+    rest = lines[i:]
+    stray = [ln.strip() for ln in rest if _DIRECTIVE.match(ln)]
+    return found, "\n".join(kept + rest), stray
+
+
+def directive_tag(name: str, args):
+    "The MyST-NB tag for a directive (None when it needs none); KeyError when the book does not support it."
+    key = (name, " ".join(args).lower()) if name.endswith(":") else (name, None)
+    if key not in DIRECTIVES: raise KeyError(name)
+    return DIRECTIVES[key]
 
 
 _CJK = "\u2e80-\u2fff\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
@@ -63,26 +139,188 @@ def join_cjk_lines(text: str) -> str:
     return "\n".join(out)
 
 
-def clean_notebook(nb):
-    "Map nbdev directives to MyST-NB tags and strip them from every code cell, in place; join Chinese lines."
-    for cell in nb.cells:
+def clean_notebook(nb, name: str = "notebook", warn=None):
+    """Map nbdev directives to MyST-NB tags and strip them from every code cell, in place; join Chinese lines.
+
+    Each directive the book does not support is reported, with `name` and the cell's number, through
+    `warn(message)`; without `warn`, all of them together raise a ValueError."""
+    problems = []
+    for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown": cell.source = join_cjk_lines(cell.source)
         if cell.cell_type != "code": continue
-        found, rest = _directives(cell.source)
-        if not found: continue
+        found, rest, stray = _directives(cell.source)
+        first = rest.strip().splitlines()[0][:40] if rest.strip() else ""
+        where = f"{name}, code cell {i}" + (f" ({first!r} …)" if first else "")
+        for line in stray:
+            problems.append(f"{where}: `{line}` comes after the code has begun, where nbdev does not read it "
+                            f"and the page would show it; move it to the top of the cell")
+        if not found and not stray: continue
         tags = cell.metadata.setdefault("tags", [])
-        for d in found:
-            tag = _TAGS.get(d) or _TAGS.get(d.replace(":", ": ").replace("  ", " "))
+        for line, d, args in found:
+            try:
+                tag = directive_tag(d, args)
+            except KeyError:
+                advice = _ADVICE.get(d, "the book supports " + ", ".join(sorted(
+                    "`" + k[0] + (" " + k[1] if k[1] else "") + "`" for k in DIRECTIVES)))
+                problems.append(f"{where}: the book does not support the nbdev directive `{line}`: {advice}")
+                continue
             if tag and tag not in tags: tags.append(tag)
         if not rest.strip() and "remove-cell" not in tags: tags.append("remove-cell")
-        cell.source = rest
+        cell.source = "\n".join(ln for ln in rest.splitlines() if not _DIRECTIVE.match(ln))
+    if problems:
+        if warn is None: raise ValueError("\n".join(problems))
+        for p in problems: warn(p)
     return nb
 
 
+_current = {"docname": None, "path": None}  # the document Sphinx is reading in this process
+
+
 def read_nbdev(text: str, **kwargs):
-    "myst-nb reader: a notebook with nbdev directives turned into tags."
-    return clean_notebook(nbformat.reads(text, as_version=4))
+    "myst-nb reader: a notebook with nbdev directives turned into tags; unsupported ones are Sphinx warnings."
+    import nbformat
+    from sphinx.util import logging
+    logger = logging.getLogger(__name__)
+    doc, path = _current["docname"], _current["path"]
+    warn = lambda msg: logger.warning(msg, location=(doc, None) if doc else None, type="optbook", subtype="directive")
+    return clean_notebook(nbformat.reads(text, as_version=4), name=path or "notebook", warn=warn)
+
+
+# ---------------------------------------------------------------- the Colab-style kernel
+
+def kernel_dirs(build: pathlib.Path):
+    "Where the build keeps its kernelspec (found through JUPYTER_PATH), the IPython profile and the run records."
+    root = pathlib.Path(build) / "jupyter"
+    return root, root / "kernels" / KERNEL, root / "ipython", root / "runs"
+
+
+def install_kernel(build: pathlib.Path) -> pathlib.Path:
+    "Write the `optbook-colab` kernelspec under `build`/jupyter and put that folder first on JUPYTER_PATH."
+    root, spec, ipython, runs = kernel_dirs(build)
+    for d in (spec, ipython, runs): d.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, str(pathlib.Path(__file__).resolve()), "kernel", "-f", "{connection_file}"],
+        "display_name": "Python 3 (optbook, as on Colab)",
+        "language": "python",
+        "env": {"IPYTHONDIR": str(ipython), "OPTBOOK_KERNEL_RUNS": str(runs)},
+        "metadata": {"debugger": False},
+    }, indent=1), encoding="utf-8")
+    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != str(root)]
+    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root)] + paths)
+    return spec
+
+
+class _DevOnly:
+    "A meta-path finder that makes the development-only packages unimportable, as they are on Colab."
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in DEV_ONLY:
+            raise ModuleNotFoundError(f"No module named {name!r} (development-only; absent on Colab)", name=name)
+        return None
+
+
+def colab_kernel(argv):
+    "Start ipykernel as Colab would give it: no dev-only packages, no repository on sys.path, a fresh profile."
+    here = str(pathlib.Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if p and pathlib.Path(p).resolve() != pathlib.Path(here)]
+    sys.meta_path.insert(0, _DevOnly())
+    blocked = {}
+    for mod in DEV_ONLY:
+        try: __import__(mod); blocked[mod] = False
+        except ModuleNotFoundError: blocked[mod] = True
+    runs = os.environ.get("OPTBOOK_KERNEL_RUNS")
+    if runs:
+        doc = os.environ.get("OPTBOOK_DOCNAME") or f"unknown-{os.getpid()}"
+        record = {"docname": doc, "kernel": KERNEL, "cwd": os.getcwd(), "python": sys.executable,
+                  "pid": os.getpid(), "started": time.time(), "dev_only_blocked": blocked}
+        out = pathlib.Path(runs) / (doc.replace("/", "__") + ".json")
+        out.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    from ipykernel.kernelapp import launch_new_instance
+    launch_new_instance(argv=argv)
+
+
+# ---------------------------------------------------------------- execution times
+
+def _source_read(app, docname, source):
+    "Remember which document this process reads, for warnings and for the kernel's run record."
+    _current["docname"], _current["path"] = docname, str(app.env.doc2path(docname, False))
+    os.environ["OPTBOOK_DOCNAME"] = docname
+
+
+def _before_read(app, env, docnames):
+    "Forget the run records of the documents about to be read again."
+    runs = kernel_dirs(pathlib.Path(app.outdir).parent)[3]
+    for doc in docnames:
+        (runs / (doc.replace("/", "__") + ".json")).unlink(missing_ok=True)
+
+
+def _notebooks(app):
+    "The book's notebooks in reading order (the _toc.yml walk), as docnames."
+    site_map = getattr(app.env, "external_site_map", None)
+    order = []
+    def walk(doc):
+        if doc in order or site_map is None or doc not in site_map: return
+        order.append(doc)
+        for tree in site_map[doc].subtrees:
+            for item in tree.items:
+                if isinstance(item, str): walk(item)
+    if site_map is not None: walk(site_map.root.docname)
+    order += sorted(set(app.env.found_docs) - set(order))
+    return [d for d in order if str(app.env.doc2path(d, False)).endswith(".ipynb")]
+
+
+def write_exec_times(app, exception):
+    "Write _build/exec_times.json: each notebook's execution time and status in this build."
+    if app.env is None: return
+    from myst_nb.sphinx_ import NbMetadataCollector
+    data = NbMetadataCollector.get_doc_data(app.env)
+    started = getattr(app, "_optbook_started", 0)
+    rows = []
+    for doc in _notebooks(app):
+        ex = data.get(doc, {}).get("exec_data")
+        if not ex: status, seconds = ("failed" if exception else "not executed"), None
+        else:
+            seconds = round(ex["runtime"], 2)
+            status = ("ok" if ex["succeeded"] else f"failed: {ex['error']}")
+            if ex["mtime"] < started: status += " (earlier build)"
+        rows.append({"docname": doc, "seconds": seconds, "status": status,
+                     "method": (ex or {}).get("method"), "executed_at": (ex or {}).get("mtime")})
+    out = pathlib.Path(app.outdir).parent / "exec_times.json"
+    out.write_text(json.dumps({"build_started": started, "build_finished": time.time(),
+                               "failed": bool(exception), "notebooks": rows}, indent=1), encoding="utf-8")
+
+
+def exec_table(path="_build/exec_times.json") -> str:
+    "The execution times as a table for the terminal."
+    d = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    rows = d["notebooks"]
+    w = max([len(r["docname"]) for r in rows] + [7])
+    lines = [f"{'chapter':<{w}}  {'seconds':>8}  status", f"{'-' * w}  {'-' * 8}  {'-' * 6}"]
+    for r in rows:
+        s = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
+        lines.append(f"{r['docname']:<{w}}  {s:>8}  {r['status']}")
+    total = sum(r["seconds"] or 0 for r in rows)
+    lines.append(f"{'total':<{w}}  {total:>8.1f}  (execution, summed over notebooks; the build took "
+                 f"{d['build_finished'] - d['build_started']:.0f} s)")
+    return "\n".join(lines)
+
+
+def _builder_inited(app):
+    app._optbook_started = time.time()
+    install_kernel(pathlib.Path(app.outdir).parent)
 
 
 def setup(app):
+    app.connect("builder-inited", _builder_inited)
+    app.connect("env-before-read-docs", _before_read)
+    app.connect("source-read", _source_read)
+    app.connect("build-finished", write_exec_times)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["kernel"]:
+        colab_kernel(sys.argv[2:])
+    elif sys.argv[1:2] == ["exec-table"]:
+        print(exec_table(*sys.argv[2:3]))
+    else:
+        sys.exit("usage: optbook_book.py kernel -f CONNECTION_FILE | exec-table [_build/exec_times.json]")

@@ -1,34 +1,96 @@
-"""Run every chapter as a learner would in Colab or Kaggle: a fresh kernel, another working directory,
-and none of the development-only packages (nbdev, fastcore, execnb, myst_nb) importable.
+"""Every chapter runs once, as a learner would run it in Colab or Kaggle, and that run is the book build.
 
-The book build runs the notebooks with the full development environment; this catches a chapter that
-quietly depends on it.
+The build executes each notebook in the `optbook-colab` kernel (_ext/optbook_book.py): a fresh kernel per
+notebook, a temporary working directory instead of nbs/, and none of the development-only packages
+(nbdev, fastcore, execnb) importable. A failing cell fails the build (`raise_on_error`), so the chapters'
+own checks are the cell tests; no notebook is executed a second time here. These tests check that the
+build really ran that way, from what it left in _build: the kernel's record of each run, the execution
+times, and the executed notebooks. One more test starts the kernel itself to check what it blocks.
 """
-import pathlib
+import json, pathlib, sys
 
 import nbformat
 import pytest
+import yaml
 from nbclient import NotebookClient
 
 from conftest import ROOT
 
-DEV_ONLY = ["nbdev", "fastcore", "execnb", "myst_nb"]
-BLOCKER = f"""
-import sys, importlib.abc
-class _DevOnly(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {DEV_ONLY!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (development-only; absent on Colab)")
-sys.meta_path.insert(0, _DevOnly())
-"""
-NOTEBOOKS = sorted((ROOT / "nbs").glob("*.ipynb"))
+sys.path.insert(0, str(ROOT / "_ext"))
+import optbook_book  # noqa: E402
+
+BUILD = ROOT / "_build"
+TOC = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+DOCS = [TOC["root"]] + [ch["file"] for part in TOC.get("parts", []) for ch in part["chapters"]]
+NOTEBOOKS = [d for d in DOCS if (ROOT / f"{d}.ipynb").exists()]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_runs_without_dev_packages(path, tmp_path):
-    nb = nbformat.read(path, as_version=4)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(BLOCKER))
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    stderr = [o.get("text", "")[:200] for c in nb.cells if c.cell_type == "code"
-              for o in c.get("outputs", []) if o.get("name") == "stderr"]
-    assert not stderr, f"{path.name} wrote to stderr: {stderr}"
+def exec_times():
+    path = BUILD / "exec_times.json"
+    if not path.exists(): pytest.fail("_build/exec_times.json is missing: run `make book` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.book
+def test_exec_times_list_every_notebook_of_the_toc():
+    times = exec_times()
+    assert not times["failed"], "the last build failed"
+    assert [r["docname"] for r in times["notebooks"]] == NOTEBOOKS, "every notebook of _toc.yml, in its order"
+    for r in times["notebooks"]:
+        assert r["status"].startswith("ok"), f"{r['docname']}: {r['status']}"
+        assert r["method"] == "force" and r["seconds"] > 0, r
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("doc", NOTEBOOKS)
+def test_ran_in_the_colab_kernel(doc):
+    "The kernel that executed the notebook in this build blocked the dev-only packages and ran outside the repository."
+    path = BUILD / "jupyter" / "runs" / (doc.replace("/", "__") + ".json")
+    assert path.exists(), f"{doc}: no record of an optbook-colab kernel (is nb_kernel_rgx_aliases in _config.yml?)"
+    run = json.loads(path.read_text(encoding="utf-8"))
+    assert run["docname"] == doc and run["kernel"] == optbook_book.KERNEL
+    row = next(r for r in exec_times()["notebooks"] if r["docname"] == doc)
+    assert row["executed_at"] - row["seconds"] - 60 <= run["started"] <= row["executed_at"], \
+        f"{doc}: the kernel record is not from the execution that made the page"
+    assert all(run["dev_only_blocked"][m] for m in optbook_book.DEV_ONLY), run["dev_only_blocked"]
+    cwd = pathlib.Path(run["cwd"]).resolve()
+    assert ROOT not in [cwd, *cwd.parents], f"{doc} ran in {cwd}, inside the repository (want run_in_temp)"
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("doc", NOTEBOOKS)
+def test_executed_notebook_is_clean(doc):
+    "Every cell that is not `#| eval: false` ran, and nothing went to stderr or raised."
+    nb = nbformat.read(BUILD / "jupyter_execute" / f"{doc}.ipynb", as_version=4)
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code" or not c.source.strip(): continue
+        skipped = "skip-execution" in c.metadata.get("tags", [])
+        assert (c.execution_count is None) == skipped, f"{doc}, code cell {i}: ran={c.execution_count is not None}, skip={skipped}"
+        bad = [o.get("text", o.get("ename", ""))[:200] for o in c.outputs
+               if o.output_type == "error" or o.get("name") == "stderr"]
+        assert not bad, f"{doc}, code cell {i}: {bad}"
+
+
+def test_colab_kernel_blocks_dev_packages(tmp_path, monkeypatch):
+    "Start the optbook-colab kernel as the build does and look around inside it."
+    monkeypatch.setenv("JUPYTER_PATH", "")
+    monkeypatch.setenv("OPTBOOK_DOCNAME", "nbs/probe")
+    optbook_book.install_kernel(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    checks = [
+        *[f"try:\n    import {m}\nexcept ModuleNotFoundError as e:\n    assert 'development-only' in str(e)\n"
+          f"else:\n    raise AssertionError('{m} is importable')" for m in optbook_book.DEV_ONLY],
+        "import os, sys, importlib.util\nassert os.getcwd() == " + repr(str(work)),
+        "assert not any(p.rstrip('/').endswith('_ext') for p in sys.path), sys.path",
+        "assert importlib.util.find_spec('optbook_book') is None",
+        "import torch, optbook, matplotlib  # what the chapters need is there",
+        "assert os.environ['IPYTHONDIR'].endswith('ipython')",
+    ]
+    # first, the namespace as a chapter finds it: nothing of the launcher (sys, the blocker) leaks into it
+    cells = ["print(sorted(k for k in dir() if not k.startswith('_')))"] + checks
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    NotebookClient(nb, timeout=120, kernel_name=optbook_book.KERNEL, resources={"metadata": {"path": str(work)}}).execute()
+    assert set(eval(nb.cells[0].outputs[0]["text"])) <= {"In", "Out", "exit", "get_ipython", "open", "quit"}
+    record = json.loads((tmp_path / "jupyter" / "runs" / "nbs__probe.json").read_text(encoding="utf-8"))
+    assert record["cwd"] == str(work) and all(record["dev_only_blocked"].values())

@@ -107,3 +107,99 @@ def test_chinese_soft_breaks_are_joined_but_not_code_math_or_headings():
     assert got[15:] == ["汉字结尾", "English start"]
     assert optbook_book.join_cjk_lines("改进——\n**动量法**与\n*强调*") == "改进——**动量法**与*强调*"
     assert optbook_book.join_cjk_lines("汉字\n* 列表项") == "汉字\n* 列表项"
+
+
+def nb_of(*sources):
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+
+
+def test_reader_accepts_the_nbdev_vocabulary_the_book_supports():
+    nb = nb_of("#|export core\ndef f(): pass", "#| exporti\ndef _g(): pass", "#| exports\nh = 1",
+               "#|eval:false\nslow()", "#| include: false\nsetup()", "#| code-fold: true\nhelper()",
+               "#| echo:false\n#| output: true\nfig()", "\n#| hide\n\n%%time\nx = 1", "#| default_exp sgd")
+    cells = optbook_book.clean_notebook(nb, "t.ipynb").cells
+    tags = [c.metadata.get("tags", []) for c in cells]
+    assert tags == [[], [], [], ["skip-execution"], ["remove-cell"], ["hide-input"], ["remove-input"],
+                    ["remove-cell"], ["remove-cell"]]
+    assert cells[7].source == "%%time\nx = 1", "a cell magic in the directive region stays in the code"
+    assert not any(re.search(r"^\s*#\s*\|", c.source, re.M) for c in cells)
+
+
+def test_eval_false_cell_is_tagged_and_not_executed():
+    "`#| eval: false` becomes the tag that the executor myst-nb runs notebooks with skips; run it to see."
+    from jupyter_cache.executors.utils import single_nb_execution
+    from myst_nb.core.execute import direct
+    from nbclient import NotebookClient
+    assert direct.single_nb_execution is single_nb_execution, "myst-nb's force mode executes through this call"
+    assert NotebookClient.skip_cells_with_tag.default_value == "skip-execution"
+    nb = optbook_book.clean_notebook(nb_of("#| eval: false\nraise SystemExit('this cell must not run')", "x = 41",
+                                           "#| eval: true\nprint(x + 1)"))
+    assert nb.cells[0].metadata["tags"] == ["skip-execution"]
+    assert "skip-execution" not in nb.cells[2].metadata.get("tags", [])
+    result = single_nb_execution(nb, cwd=None, timeout=60, allow_errors=False)
+    assert result.err is None, result.exc_string
+    assert nb.cells[0].execution_count is None and nb.cells[0].outputs == []
+    assert nb.cells[2].outputs[0]["text"] == "42\n"
+
+
+@pytest.mark.parametrize("source, says", [
+    ("#| foo bar\nx = 1", "`#| foo bar`"),
+    ("#| slow\nx = 1", "`#| eval: false`"),
+    ("#| notest\nx = 1", "executes every cell"),
+    ("#| hide_input\nx = 1", "`#| echo: false`"),
+    ("#| echo: fenced\nx = 1", "`#| echo: fenced`"),
+    ("#| filter_stream foo\nx = 1", "filter_stream"),
+    ("x = 1\n#| hide", "after the code has begun"),
+])
+def test_unsupported_directive_is_an_error_naming_notebook_cell_and_line(source, says):
+    nb = nb_of("#| hide\nimport os", source)
+    with pytest.raises(ValueError) as e:
+        optbook_book.clean_notebook(nb, "nbs/99_demo.ipynb")
+    assert "nbs/99_demo.ipynb, code cell 1" in str(e.value) and says in str(e.value)
+    warned = []
+    optbook_book.clean_notebook(nb_of(source), "nbs/99_demo.ipynb", warn=warned.append)
+    assert len(warned) == 1 and "#|" not in optbook_book.clean_notebook(
+        nb_of(source), "x", warn=lambda m: None).cells[0].source, "the line is still kept off the page"
+
+
+def test_unsupported_directive_fails_a_sphinx_build_with_w(tmp_path, capsys):
+    "Through Sphinx, an unsupported directive is a warning with the notebook's path, which -W makes fatal."
+    from sphinx.cmd.build import build_main
+    src = tmp_path / "src"
+    (src / "nbs").mkdir(parents=True)
+    (src / "conf.py").write_text(
+        f"import sys; sys.path.insert(0, {str(ROOT / '_ext')!r})\n"
+        "extensions = ['myst_nb', 'optbook_book']\n"
+        "nb_custom_formats = {'.ipynb': ['optbook_book.read_nbdev', {}, False]}\n"
+        "nb_execution_mode = 'off'\n", encoding="utf-8")
+    (src / "index.md").write_text("# Demo\n\n```{toctree}\nnbs/demo\n```\n", encoding="utf-8")
+    nb = nb_of("#| export\ndef f(): pass", "#| frobnicate\nf()")
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("# Demo notebook"))
+    nbformat.write(nb, src / "nbs" / "demo.ipynb")
+    assert build_main(["-W", "-q", "-b", "html", str(src), str(tmp_path / "out")]) != 0
+    err = capsys.readouterr().err
+    assert "nbs/demo.ipynb" in err and "code cell 2" in err and "`#| frobnicate`" in err, err
+
+
+NOTEBOOK_ONLY_IN_BOOK = optbook_book.BOOK_ONLY
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_book_only_imports_have_a_fallback(path):
+    "myst_nb is importable in the book's kernel (for glue) but not on Colab: import it only under except ImportError."
+    import ast
+    for i, c in enumerate(code_cells(path)):
+        src = "\n".join(ln for ln in c.source.splitlines() if not ln.lstrip().startswith(("%", "!")))
+        tree = ast.parse(src)
+        guarded = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Try) and any(
+                    h.type is None or any(n in ast.dump(h.type) for n in ["ImportError", "ModuleNotFoundError"])
+                    for h in node.handlers):
+                guarded |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                if name.split(".")[0] in NOTEBOOK_ONLY_IN_BOOK:
+                    assert id(node) in guarded, f"{path.name}, code cell {i}: `import {name}` needs a fallback on ImportError"
