@@ -57,6 +57,10 @@ def _pick(x, i: int):
     "The i-th tensor of a `TensorList`; anything else unchanged."
     return x.tensors[i] if isinstance(x, TensorList) else x
 
+def _is_dtensor(x) -> bool:
+    "Whether `x` is a `DTensor` (e.g. an FSDP2 shard), without importing torch.distributed."
+    return type(x).__name__ == "DTensor" and hasattr(x, "full_tensor")
+
 # Tensor methods with a torch._foreach_* twin that takes the same arguments; the in-place forms are those Tensor has
 _OUT_OF_PLACE = ("add sub mul div addcmul addcdiv lerp maximum minimum clamp_min clamp_max pow sqrt neg abs "
                  "sign exp log reciprocal sigmoid").split()
@@ -65,8 +69,8 @@ _IN_PLACE = [n + "_" for n in _OUT_OF_PLACE if hasattr(Tensor, n + "_")] + ["cop
 class TensorList:
     """Tensors of one device and dtype that answer `Tensor`'s methods, operators and `torch` functions.
 
-    A method with a `torch._foreach_*` twin runs as one foreach call; any other `Tensor` method or `torch` function
-    runs tensor by tensor. In-place forms (`mul_`, `-=`) update the tensors and return the list itself."""
+    A method with a `torch._foreach_*` twin runs as one foreach call (tensor by tensor for DTensors whose torch lacks
+    it); any other `Tensor` method or `torch` function runs tensor by tensor. In-place forms (`mul_`, `-=`) update the tensors and return the list itself."""
     __slots__ = ("tensors",)
     def __init__(self, tensors: Iterable[Tensor]): self.tensors = list(tensors)
     def __len__(self): return len(self.tensors)
@@ -129,7 +133,11 @@ def _foreach_method(name: str):
     fn = getattr(torch, f"_foreach_{name}")
     inplace = name.endswith("_")
     def method(self, *args, **kwargs):
-        out = fn(self.tensors, *map(_unwrap, args), **{k: _unwrap(v) for k, v in kwargs.items()})
+        try:
+            out = fn(self.tensors, *map(_unwrap, args), **{k: _unwrap(v) for k, v in kwargs.items()})
+        except NotImplementedError:  # DTensor shards (FSDP2) on a torch whose DTensor lacks this foreach op
+            if not any(_is_dtensor(t) for t in self.tensors): raise
+            return self._each(getattr(Tensor, name), (self, *args), kwargs, inplace=inplace)
         return self if inplace else TensorList(out)
     method.__name__ = method.__qualname__ = name
     method.__doc__ = f"`torch._foreach_{name}` over the list" + (" (in place; returns self)." if inplace else ".")
@@ -141,10 +149,6 @@ for _name in _OUT_OF_PLACE + _IN_PLACE: setattr(TensorList, _name, _foreach_meth
 def _scalar_dtype() -> torch.dtype:
     "The dtype torch.optim gives `state['step']`: float64 under a float64 default dtype, else float32."
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-
-def _is_dtensor(x) -> bool:
-    "Whether `x` is a `DTensor` (e.g. an FSDP2 shard), without importing torch.distributed."
-    return type(x).__name__ == "DTensor" and hasattr(x, "full_tensor")
 
 def _real(x):
     "A complex tensor as real pairs (`torch.view_as_real`, a view: updates land in the original); anything else unchanged."
@@ -399,9 +403,10 @@ def update_batch(opt: Optimizer,  # the optimizer whose `update` runs
                  h: dict,         # hyperparameters by symbol (see `hyper_tensors`)
                  t=None,          # the step, as a 0-dim tensor, for rules that use it
                  first: bool = False):  # whether the state was just created
-    "`opt.update` on each parameter of a batch in turn: the loop that `torch.compile` unrolls and fuses."
-    for i in range(len(ps)):
-        opt.update(_1d(ps[i]), _1d(gs[i]), {k: _1d(v[i]) for k, v in states.items()}, h, t=t, first=first)
+    "`opt.update` on each parameter of a batch in turn, without autograd: the loop that `torch.compile` unrolls and fuses."
+    with torch.no_grad():
+        for i in range(len(ps)):
+            opt.update(_1d(ps[i]), _1d(gs[i]), {k: _1d(v[i]) for k, v in states.items()}, h, t=t, first=first)
 
 def compile_update(**options):
     "`update_batch` compiled with `fullgraph=True` (a graph break is an error); `options` go to `torch.compile`."

@@ -1,5 +1,8 @@
 """`make bench`: time one SGD-with-momentum step, optbook against torch.optim, on every available device.
 
+Also the prototype of the coming `fused=True` path: the same rule through `optbook.core.compile_update`
+(`torch.compile` of the rule over all tensors, hyperparameters as 0-dim tensors), timed after its compilation.
+
 Not a pytest file (timings are not tests). Prints a table of milliseconds per step: the median of the
 repeats within a round, and the best of several interleaved rounds (this machine's timings drift with
 memory-management noise, and interleaving keeps that from favouring whichever implementation ran first).
@@ -9,6 +12,7 @@ import argparse, statistics, time
 import torch
 
 import optbook
+from optbook.core import compile_update, hyper_tensors
 
 
 def make_params(n_params, n_tensors, device, dtype):
@@ -30,6 +34,18 @@ def time_step(opt, device, repeats):
     return 1e3 * statistics.median(times)
 
 
+class CompiledSGD:
+    "optbook.SGD's rule over every tensor at once through compile_update (the future fused path), after one eager step."
+    def __init__(self, ps, **kw):
+        self.opt, self.ps = optbook.SGD(ps, **kw), ps
+        self.opt.step()                                  # creates the momentum buffers (the first-step special case)
+        self.fused = compile_update()
+    def step(self):
+        group = self.opt.param_groups[0]
+        bufs = {"m": [self.opt.state[p]["momentum_buffer"] for p in self.ps]}
+        self.fused(self.opt, self.ps, [p.grad for p in self.ps], bufs, hyper_tensors(self.opt.hyper(group)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", type=int, default=20_000_000, help="total number of parameters")
@@ -45,7 +61,8 @@ def main():
              ("optbook, foreach", optbook.SGD, dict(foreach=True)),
              ("torch.optim, for-loop", torch.optim.SGD, dict(foreach=False)),
              ("torch.optim, foreach", torch.optim.SGD, dict(foreach=True)),
-             ("torch.optim, fused", torch.optim.SGD, dict(fused=True))]
+             ("torch.optim, fused", torch.optim.SGD, dict(fused=True)),
+             ("optbook, compiled rule", CompiledSGD, dict())]
     for device in devices:
         best = {}
         for r in range(args.rounds):

@@ -131,9 +131,9 @@ def test_chinese_search_finds_momentum(browser, server):
     assert any("nbs/02_sgd.html" in (h or "") for h in links), f"searching 动量 did not find the SGD chapter: {links}"
 
 
-# The interactive figure of optbook.viz.explore (appendix 91_viz): plotly.js from the book's own _static,
-# two sliders that each change only their own hyperparameter.
-EXPLORE_PAGE = "nbs/91_viz.html"
+# The interactive figures of optbook.viz.explore (the momentum section of chapter 2, and appendix 91_viz): plotly.js
+# from the book's own _static, two sliders that each change only their own hyperparameter.
+EXPLORE_PAGES = ["nbs/02_sgd.html", "nbs/91_viz.html"]
 
 SLIDER_FIGURE = """
 const gd = Array.from(document.querySelectorAll('.plotly-graph-div'))
@@ -167,9 +167,11 @@ return Array.from(gd.querySelectorAll('.slider-group')).map(g => g.querySelector
 """
 
 
-def test_interactive_figure_moves_with_its_sliders(browser, server):
+@pytest.mark.parametrize("page", EXPLORE_PAGES)
+def test_interactive_figure_moves_with_its_sliders(browser, server, page):
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.support.ui import WebDriverWait
+    EXPLORE_PAGE = page
     load(browser, server, EXPLORE_PAGE)
     plotly_scripts = browser.execute_script(
         "return Array.from(document.scripts).map(s => s.src).filter(s => /plotly/i.test(s));")
@@ -203,4 +205,4 @@ def test_interactive_figure_moves_with_its_sliders(browser, server):
         assert after[0]["name"].startswith(f"η={values[0]}, β={values[1]}"), (after[0]["name"], values)
         assert len(after[0]["x"]) > 1 and after[0]["x"] != before[0]["x"], "the trajectory's data did not change"
         before = after
-    browser.save_screenshot(str(SHOTS / "91_viz_explore.png"))
+    browser.save_screenshot(str(SHOTS / (page.split("/")[-1].replace(".html", "") + "_explore.png")))

@@ -285,7 +285,7 @@ def test_per_matrix_optimizers_get_whole_matrices_one_at_a_time():
     expected = [w - 0.1 * w.grad / w.grad.norm() for w in ws]
     Probe(ws, foreach=True).step()
     assert seen == [torch.Tensor, torch.Tensor]
-    assert all(torch.allclose(w, e, rtol=1e-15, atol=0) for w, e in zip(ws, expected))
+    assert all(torch.allclose(w, e, rtol=1e-13, atol=0) for w, e in zip(ws, expected))  # rounding differs
     with pytest.raises(ValueError, match=r"matrices only"): FrobeniusGD([torch.zeros(3)])
     with pytest.raises(ValueError, match="complex"): FrobeniusGD([torch.zeros(3, 3, dtype=torch.complex64)])
 

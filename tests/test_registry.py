@@ -421,20 +421,25 @@ def test_state_follows_the_device(entry, kw, foreach):
                 elif isinstance(s, torch.Tensor) and s.dim() > 0: assert s.device == p.device and s.dtype == p.dtype, k
 
 
+DEVICES = pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+
+
 @ENTRIES
-def test_rule_compiles_and_lr_changes_recompile_nothing(entry):
+@DEVICES
+def test_rule_compiles_and_lr_changes_recompile_nothing(entry, device):
     "The rule over a batch under torch.compile(fullgraph=True); 0-dim tensor hyperparameters; equal to eager."
     import torch._dynamo
     with warnings.catch_warnings():       # Inductor imports torch.utils.mkldnn, whose class body warns of a torch.jit deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
         import torch.utils.mkldnn  # noqa: F401
     kw = entry.compile_kw or entry.settings[-1]
-    ps_c, ps_e = make_params(entry)[:3], make_params(entry)[:3]
+    ps_c, ps_e = make_params(entry, device=device)[:3], make_params(entry, device=device)[:3]
     opt_c, opt_e = entry.cls(ps_c, **kw), entry.cls(ps_e, **kw)
     lrs = [kw["lr"] * f for f in (1.0, 0.5, 0.25, 2.0, 0.1)]
     for k, lr in enumerate(lrs[:1]):           # step 1 eagerly: creates the state (and the first-step special case)
         for opt, ps in ((opt_c, ps_c), (opt_e, ps_e)):
-            set_grads(ps, grads_for(entry, k)[:3]); opt.param_groups[0]["lr"] = lr; opt.step()
+            set_grads(ps, grads_for(entry, k, device=device)[:3]); opt.param_groups[0]["lr"] = lr; opt.step()
     fused = compile_update()
     torch._dynamo.reset()
     for k, lr in enumerate(lrs[1:], start=1):
@@ -447,8 +452,8 @@ def test_rule_compiles_and_lr_changes_recompile_nothing(entry):
             for p in ps_c: opt_c.state[p]["step"] += 1
             t = opt_c.state[ps_c[0]]["step"]
         with torch._dynamo.config.patch(error_on_recompile=k > 1):   # compile at step 2, then never again
-            fused(opt_c, ps_c, [g for g in grads_for(entry, k)[:3]], states, hyper_tensors(opt_c.hyper(group)), t)
-        set_grads(ps_e, grads_for(entry, k)[:3]); opt_e.param_groups[0]["lr"] = lr; opt_e.step()
+            fused(opt_c, ps_c, grads_for(entry, k, device=device)[:3], states, hyper_tensors(opt_c.hyper(group)), t)
+        set_grads(ps_e, grads_for(entry, k, device=device)[:3]); opt_e.param_groups[0]["lr"] = lr; opt_e.step()
     for a, b in zip(ps_c, ps_e): torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
 
 
