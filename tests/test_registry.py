@@ -107,6 +107,10 @@ REGISTRY = [
              for m, w, x in itertools.product((0.0, 0.5, 0.9), (0.0, 0.1), (False, True))],
        quadratic_steps=1000, quadratic_tol=1e-6, quadratic_sched=True, rosenbrock=dict(lr=3e-3, momentum=0.9),
        bad_args=[dict(lr=-0.1), dict(momentum=1.0), dict(weight_decay=-1.0)]),
+    # --- entries: adaptive (chapter 03) ---
+    # --- end adaptive ---
+    # --- entries: adam (chapter 04) ---
+    # --- end adam ---
 ]
 
 
