@@ -277,7 +277,10 @@ def write_exec_times(app, exception):
     rows = []
     for doc in _notebooks(app):
         ex = data.get(doc, {}).get("exec_data")
-        if not ex: status, seconds = ("failed" if exception else "not executed"), None
+        if not ex:  # with raise_on_error the build stops at the failing notebook, the one being read
+            seconds = None
+            status = ("failed" if exception and doc == _current["docname"] else
+                      "not run (the build stopped)" if exception else "not executed")
         else:
             seconds = round(ex["runtime"], 2)
             status = ("ok" if ex["succeeded"] else f"failed: {ex['error']}")
@@ -289,6 +292,11 @@ def write_exec_times(app, exception):
                                "failed": bool(exception), "notebooks": rows}, indent=1), encoding="utf-8")
 
 
+# make test must stay under 15 minutes on CI's 2-core CPU with about 12 chapters, each executed once:
+# about a minute per chapter, leaving a few minutes for the unit tests, the venv and the page tests.
+CHAPTER_BUDGET_S = 75
+
+
 def exec_table(path="_build/exec_times.json") -> str:
     "The execution times as a table for the terminal."
     d = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
@@ -297,7 +305,8 @@ def exec_table(path="_build/exec_times.json") -> str:
     lines = [f"{'chapter':<{w}}  {'seconds':>8}  status", f"{'-' * w}  {'-' * 8}  {'-' * 6}"]
     for r in rows:
         s = "-" if r["seconds"] is None else f"{r['seconds']:.1f}"
-        lines.append(f"{r['docname']:<{w}}  {s:>8}  {r['status']}")
+        over = "  (over the per-chapter budget of %d s)" % CHAPTER_BUDGET_S if (r["seconds"] or 0) > CHAPTER_BUDGET_S else ""
+        lines.append(f"{r['docname']:<{w}}  {s:>8}  {r['status']}{over}")
     total = sum(r["seconds"] or 0 for r in rows)
     lines.append(f"{'total':<{w}}  {total:>8.1f}  (execution, summed over notebooks; the build took "
                  f"{d['build_finished'] - d['build_started']:.0f} s)")
