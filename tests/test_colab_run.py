@@ -71,6 +71,14 @@ def test_executed_notebook_is_clean(doc):
         assert not bad, f"{doc}, code cell {i}: {bad}"
 
 
+@pytest.mark.book
+@pytest.mark.parametrize("doc", NOTEBOOKS)
+def test_downloadable_notebook_keeps_its_kernel(doc):
+    "The kernel alias is the build's business: the .ipynb a reader downloads from the page still names python3."
+    nb = nbformat.read(BUILD / "html" / "_sources" / f"{doc}.ipynb", as_version=4)
+    assert nb.metadata.kernelspec.name == nbformat.read(ROOT / f"{doc}.ipynb", as_version=4).metadata.kernelspec.name
+
+
 def test_colab_kernel_blocks_dev_packages(tmp_path, monkeypatch):
     "Start the optbook-colab kernel as the build does and look around inside it."
     monkeypatch.setenv("JUPYTER_PATH", "")
