@@ -108,8 +108,77 @@ REGISTRY = [
        quadratic_steps=1000, quadratic_tol=1e-6, quadratic_sched=True, rosenbrock=dict(lr=3e-3, momentum=0.9),
        bad_args=[dict(lr=-0.1), dict(momentum=1.0), dict(weight_decay=-1.0)]),
     # --- entries: adaptive (chapter 03) ---
+    # optbook.adaptive's classes, imported here until `from optbook import *` exports them (then: optbook.Adagrad, ...)
+    Entry("Adagrad", __import__("optbook.adaptive", fromlist=["Adagrad"]).Adagrad, torch.optim.Adagrad, [
+        dict(lr=0.5),
+        dict(lr=0.5, initial_accumulator_value=0.1),
+        dict(lr=1.0, lr_decay=1e-3, weight_decay=1e-9, eps=1e-8),
+    ], grid=[dict(lr=0.1, lr_decay=d, weight_decay=w, initial_accumulator_value=a, eps=e, maximize=x)
+             for d, w, a, e, x in itertools.product((0.0, 0.1), (0.0, 0.1), (0.0, 0.5), (1e-10, 1e-2), (False, True))],
+       torch_state=True, rosenbrock=dict(lr=0.5),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(lr_decay=-0.1), dict(weight_decay=-1e-4),
+                 dict(initial_accumulator_value=-0.5), dict(eps=-1e-10)]),
+    Entry("RMSprop", __import__("optbook.adaptive", fromlist=["RMSprop"]).RMSprop, torch.optim.RMSprop, [
+        dict(lr=0.01, alpha=0.9),
+        dict(lr=0.01, alpha=0.9, momentum=0.5),
+        dict(lr=0.01, alpha=0.9, centered=True, momentum=0.5, eps=1e-4, weight_decay=1e-9),
+    ], grid=[dict(lr=0.01, alpha=0.9, eps=1e-6, centered=c, momentum=m, weight_decay=w, maximize=x)
+             for c, m, w, x in itertools.product((False, True), (0.0, 0.9), (0.0, 0.1), (False, True))],
+       torch_state=True, quadratic_steps=1000, quadratic_tol=1e-6, quadratic_sched=True,
+       rosenbrock=dict(lr=3e-3, alpha=0.99),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(alpha=-0.5), dict(eps=-1e-8), dict(momentum=-0.9),
+                 dict(weight_decay=-1e-4)]),
+    Entry("Adadelta", __import__("optbook.adaptive", fromlist=["Adadelta"]).Adadelta, torch.optim.Adadelta, [
+        dict(lr=1.0, eps=1e-3),
+        dict(lr=0.5, rho=0.95, eps=1e-3),
+        dict(lr=1.0, rho=0.9, eps=1e-3, weight_decay=1e-9),
+    ], grid=[dict(lr=l, rho=r, eps=1e-6, weight_decay=w, maximize=x)
+             for l, r, w, x in itertools.product((1.0, 0.5), (0.9, 1.0), (0.0, 0.1), (False, True))],
+       torch_state=True, quadratic_steps=1000, quadratic_tol=1e-6, quadratic_sched=True,
+       rosenbrock=dict(lr=1.0, rho=0.999, eps=1e-4),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(rho=1.5), dict(rho=-0.1), dict(eps=-1e-6),
+                 dict(weight_decay=-1e-4)]),
     # --- end adaptive ---
     # --- entries: adam (chapter 04) ---
+    # optbook.adam's classes, imported here until `from optbook import *` exports them (then: optbook.Adam, ...)
+    Entry("Adam", __import__("optbook.adam", fromlist=["Adam"]).Adam, torch.optim.Adam, [
+        dict(lr=0.1),
+        dict(lr=0.1, amsgrad=True),
+        dict(lr=0.05, weight_decay=1e-9),
+        dict(lr=0.05, betas=(0.8, 0.99), amsgrad=True, weight_decay=1e-9, decoupled_weight_decay=True),
+    ], grid=[dict(lr=0.1, betas=(0.8, 0.99), eps=1e-6, amsgrad=a, weight_decay=w, decoupled_weight_decay=d, maximize=x)
+             for a, w, d, x in itertools.product((False, True), (0.0, 0.1), (False, True), (False, True))],
+       torch_state=True, quadratic_steps=1000, rosenbrock=dict(lr=0.05),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=-1.0), dict(weight_decay=-0.1),
+                 dict(betas=(1.0, 0.999)), dict(betas=(0.9, -0.1))]),
+    Entry("AdamW", __import__("optbook.adam", fromlist=["AdamW"]).AdamW, torch.optim.AdamW, [
+        dict(lr=0.1, weight_decay=0.0),
+        dict(lr=0.1, weight_decay=1e-9, amsgrad=True),
+    ], grid=[dict(lr=0.1, betas=(0.8, 0.99), eps=1e-6, amsgrad=a, weight_decay=w, maximize=x)
+             for a, w, x in itertools.product((False, True), (0.0, 0.1), (False, True))],
+       torch_state=True, quadratic_steps=1000, rosenbrock=dict(lr=0.05, weight_decay=1e-9),
+       bad_args=[dict(lr=-0.1), dict(eps=-1.0), dict(weight_decay=-0.1), dict(betas=(0.9, 1.0))]),
+    Entry("Adamax", __import__("optbook.adam", fromlist=["Adamax"]).Adamax, torch.optim.Adamax, [
+        dict(lr=0.1),
+        dict(lr=0.1, weight_decay=1e-9),
+    ], grid=[dict(lr=0.1, betas=(0.8, 0.99), eps=1e-6, weight_decay=w, maximize=x)
+             for w, x in itertools.product((0.0, 0.1), (False, True))],
+       torch_state=True, quadratic_steps=1000, rosenbrock=dict(lr=0.05),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=-1.0), dict(weight_decay=-0.1), dict(betas=(1.0, 0.999))]),
+    Entry("NAdam", __import__("optbook.adam", fromlist=["NAdam"]).NAdam, torch.optim.NAdam, [
+        dict(lr=0.1),
+        dict(lr=0.05, weight_decay=1e-9),
+        dict(lr=0.05, betas=(0.8, 0.99), weight_decay=1e-9, decoupled_weight_decay=True, momentum_decay=0.1),
+    ], grid=[dict(lr=0.1, betas=(0.8, 0.99), eps=1e-6, weight_decay=w, decoupled_weight_decay=d, maximize=x, momentum_decay=psi)
+             for w, d, x, psi in itertools.product((0.0, 0.1), (False, True), (False, True), (4e-3, 0.1))],
+       # torch_state=False: torch's load_state_dict casts mu_product to the parameter's dtype and then multiplies it in
+       # that dtype, while optbook keeps the float32 product exact (exact_keys); so a state_dict swapped into torch drifts
+       # from optbook by float32 rounding of the product (~1e-8 relative), beyond RTOL. tests/test_adam.py swaps both ways
+       # with that tolerance; iterates are still compared with torch's here (compare_with_reference), and the chapter
+       # compares the states, mu_product included, after fresh runs.
+       torch_state=False, quadratic_steps=1000, rosenbrock=dict(lr=0.05),
+       bad_args=[dict(lr=-0.1), dict(eps=-1.0), dict(weight_decay=-0.1), dict(momentum_decay=-0.1),
+                 dict(betas=(1.0, 0.999))]),
     # --- end adam ---
 ]
 
