@@ -314,8 +314,8 @@ class NAdam(Optimizer):
 
     Conventions (those of `torch.optim.NAdam`, whose docs call the schedule $\mu_t$; the book keeps $\mu$ for the
     smallest curvature): the schedule tends to $\beta_1$ only slowly ($\omega_1 \approx \beta_1/2$); $m$ itself
-    averages with the constant $\beta_1$; the product $\omega_{1:t}$ is kept as state (`mu_product`, float32 on the
-    CPU as in torch) and keeps its dtype through `load_state_dict`, also for bf16 parameters; $\varepsilon$ is outside
+    averages with the constant $\beta_1$; the product $\omega_{1:t}$ is kept as state (`mu_product`, float32 as in torch,
+    but on the parameter's device, where torch keeps it on the CPU unless `capturable`) and keeps its dtype through `load_state_dict`, also for bf16 parameters; $\varepsilon$ is outside
     the square root; the multi-tensor path applies the rule tensor by tensor, since each parameter carries its
     own product; `capturable=True` is refused.
 
@@ -323,7 +323,7 @@ class NAdam(Optimizer):
     """
     rule = staticmethod(nadam_update)
     uses_step = True
-    state_keys = {"omega_prod": ("mu_product", r"product $\omega_{1:t}$ of the momentum schedule (a CPU scalar)"),
+    state_keys = {"omega_prod": ("mu_product", r"product $\omega_{1:t}$ of the momentum schedule (a scalar)"),
                   "m": ("exp_avg", "first-moment estimate: EMA of the gradients"),
                   "v": ("exp_avg_sq", "second-moment estimate: EMA of the squared gradients")}
     exact_keys = ("omega_prod",)
@@ -348,9 +348,9 @@ class NAdam(Optimizer):
                                       differentiable=differentiable))
 
     def init_state(self, p, group):
-        "ω_{1:0} = 1 as a CPU scalar (float32, float64 under a float64 default dtype; as torch), m = v = 0."
+        "ω_{1:0} = 1 as a scalar on p's device (float32, float64 under a float64 default dtype, as torch), m = v = 0."
         scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-        return {"omega_prod": torch.tensor(1.0, dtype=scalar), "m": _zeros(p), "v": _zeros(p)}
+        return {"omega_prod": torch.tensor(1.0, dtype=scalar, device=p.device), "m": _zeros(p), "v": _zeros(p)}
 
     def hyper(self, group):
         beta1, beta2 = group["betas"]
