@@ -17,7 +17,7 @@ TORCH   ?= torch==2.13.0
 # Debian packages: a CJK font for the figures' Chinese labels, Chromium and its driver for the page test,
 # Node/npm to fetch MathJax from the npm registry.
 DEB_PKGS := fonts-noto-cjk chromium chromium-driver
-MATHJAX := _static/mathjax/tex-chtml.js
+MATHJAX := _mathjax/tex-chtml.js
 BOOK_OPTS := -W -n --keep-going
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
@@ -74,12 +74,14 @@ venv: debs .venv/.installed
 
 mathjax: $(MATHJAX)
 
-# MathJax 3 from the npm registry, served from the book's own _static (no CDN at reading time).
+# MathJax 3 from the npm registry, served from the built site's _static/mathjax (no CDN at reading time).
+# It lives in _mathjax, not in the source _static: Jupyter Book adds every .js under _static to every page.
+# (_static/mathjax is where earlier versions put it: removed so that no page loads its ~70 scripts.)
 $(MATHJAX):
 	@echo "Fetching MathJax 3 from the npm registry"
-	rm -rf _build/mathjax-pkg && mkdir -p _build/mathjax-pkg _static/mathjax
+	rm -rf _build/mathjax-pkg _static/mathjax && mkdir -p _build/mathjax-pkg _mathjax
 	cd _build/mathjax-pkg && npm pack --silent mathjax@3 >/dev/null && tar xzf mathjax-*.tgz
-	cp -r _build/mathjax-pkg/package/es5/. _static/mathjax/
+	cp -r _build/mathjax-pkg/package/es5/. _mathjax/
 	test -f $@
 
 export: venv

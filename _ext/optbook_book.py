@@ -314,12 +314,73 @@ def exec_table(path="_build/exec_times.json") -> str:
     return "\n".join(lines)
 
 
+MATHJAX_DIR = "_mathjax"  # MathJax 3's es5 folder, fetched by the Makefile from the npm registry (git ignores it)
+
+
+def copy_mathjax(app):
+    """Copy MathJax into the built site's `_static/mathjax` (where `mathjax_path` points).
+
+    It is kept out of the source `_static` on purpose: Jupyter Book 1 adds every `.js` file under the static paths
+    to every page, which would load all ~70 MathJax bundles and components as scripts on each page."""
+    if app.builder.format != "html" or not str(app.config.mathjax_path or "").startswith("mathjax/"): return
+    src = pathlib.Path(app.srcdir) / MATHJAX_DIR
+    if not (src / "tex-chtml.js").is_file():
+        from sphinx.errors import ExtensionError
+        raise ExtensionError(f"MathJax is missing from {src}: run `make mathjax` (it fetches mathjax@3 from npm)")
+    import shutil
+    shutil.copytree(src, pathlib.Path(app.outdir) / "_static" / "mathjax", dirs_exist_ok=True)
+
+
+COMMENTS_JS = """
+document.addEventListener("DOMContentLoaded", function () {
+  var cfg = %s;
+  var host = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
+  var box = document.createElement("div");
+  box.className = "optbook-comments";
+  var script = document.createElement("script");
+  script.src = "https://utteranc.es/client.js";
+  script.async = true;
+  script.crossOrigin = "anonymous";
+  Object.keys(cfg).forEach(function (k) { script.setAttribute(k, cfg[k]); });
+  box.appendChild(script);
+  host.appendChild(box);
+});
+"""
+
+
+def add_comments(app):
+    """The utterances comment box at the end of every page, configured by `optbook_comments` in _config.yml.
+
+    Jupyter Book's own `html.comments` (sphinx-comments 0.0.3) looks for `div.section`, which Sphinx 7 no longer
+    writes (sections are `<section>` elements), so its box never appeared and each page logged a TypeError."""
+    cfg = app.config.optbook_comments
+    if cfg and app.builder.format == "html":
+        app.add_js_file(None, body=COMMENTS_JS % json.dumps(cfg, ensure_ascii=False))
+
+
+def dedupe_scripts(app, pagename, templatename, context, doctree):
+    """Drop repeated scripts from a page: inline scripts added before the build (sphinx-thebe's, sphinx-togglebutton's,
+    ours) reach the page twice, once with filename None and once with '', and the second `const THEBE_JS_URL` is a
+    SyntaxError in the reader's console."""
+    seen, kept = set(), []
+    for js in context.get("script_files", []):
+        attrs = {k: v for k, v in (getattr(js, "attributes", None) or {}).items() if k != "priority"}
+        key = (str(getattr(js, "filename", js) or ""), tuple(sorted(attrs.items())))  # inline ones come as None and ''
+        if key not in seen:
+            seen.add(key); kept.append(js)
+    if "script_files" in context: context["script_files"][:] = kept
+
+
 def _builder_inited(app):
     app._optbook_started = time.time()
     install_kernel(pathlib.Path(app.outdir).parent)
+    copy_mathjax(app)
+    add_comments(app)
 
 
 def setup(app):
+    app.add_config_value("optbook_comments", {}, "html")
+    app.connect("html-page-context", dedupe_scripts)
     app.connect("builder-inited", _builder_inited)
     app.connect("env-before-read-docs", _before_read)
     app.connect("source-read", _source_read)

@@ -217,20 +217,20 @@ def adadelta_update(
     p: Tensor | TensorList,       # θ: the parameters, updated in place
     g: Tensor | TensorList,       # g: the gradient, left unchanged
     v: Tensor | TensorList,       # v: moving average of ḡ⊙ḡ, updated in place
-    u: Tensor | TensorList,       # u: moving average of d⊙d (the squared updates), updated in place
+    a: Tensor | TensorList,       # a: moving average of d⊙d (the squared updates), updated in place
     *,
     eta: float | Tensor,          # η: learning rate, a plain factor on d (Zeiler's algorithm has η = 1)
-    beta2: float | Tensor,        # β₂: averaging coefficient of v and u (torch's rho)
+    beta2: float | Tensor,        # β₂: averaging coefficient of v and a (torch's rho)
     eps: float | Tensor,          # ε: added inside both square roots
     lam: float | Tensor | None,   # λ: coupled weight decay; None for none
     maximize: bool,               # maximize the objective: use −g
 ) -> None:
-    "One AdaDelta step, in place: d = √(u + ε)/√(v + ε)·ḡ with the old u, then u ← β₂u + (1 − β₂)d⊙d, θ ← θ − η·d."
+    "One AdaDelta step, in place: d = √(a + ε)/√(v + ε)·ḡ with the old a, then a ← β₂a + (1 − β₂)d⊙d, θ ← θ − η·d."
     if maximize: g = -g
     if lam is not None: g = g.add(p, alpha=lam)             # ḡ ← g + λθ
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)           # v ← β₂v + (1 − β₂)ḡ⊙ḡ
-    d = u.add(eps).sqrt_().div_(v.add(eps).sqrt_()).mul_(g) # d ← √(u + ε) / √(v + ε) · ḡ   (u is still u_{t−1})
-    u.mul_(beta2).addcmul_(d, d, value=1 - beta2)           # u ← β₂u + (1 − β₂)d⊙d
+    d = a.add(eps).sqrt_().div_(v.add(eps).sqrt_()).mul_(g) # d ← √(a + ε) / √(v + ε) · ḡ   (a is still a_{t−1})
+    a.mul_(beta2).addcmul_(d, d, value=1 - beta2)           # a ← β₂a + (1 − β₂)d⊙d
     p.add_(d, alpha=-eta)                                   # θ ← θ − ηd
 
 # %% ../nbs/03_adaptive.ipynb #ada00058
@@ -246,14 +246,14 @@ class Adadelta(Optimizer):
     {state_table}
 
     With $g_t=\nabla\mathcal{L}(\theta_{t-1})$ (negated if `maximize`), $\eta$ = `lr`, $\beta_2$ = `rho`,
-    $\lambda$ = `weight_decay`, $\varepsilon$ = `eps`, and $v_0 = u_0 = 0$:
+    $\lambda$ = `weight_decay`, $\varepsilon$ = `eps`, and $v_0 = a_0 = 0$:
 
     $$
     \begin{align*}
     \bar g_t &\leftarrow g_t + \lambda\,\theta_{t-1},\\
     v_t &\leftarrow \beta_2\, v_{t-1} + (1-\beta_2)\, \bar g_t \odot \bar g_t,\\
-    d_t &\leftarrow \frac{\sqrt{u_{t-1} + \varepsilon}}{\sqrt{v_t + \varepsilon}} \odot \bar g_t,\\
-    u_t &\leftarrow \beta_2\, u_{t-1} + (1-\beta_2)\, d_t \odot d_t,\\
+    d_t &\leftarrow \frac{\sqrt{a_{t-1} + \varepsilon}}{\sqrt{v_t + \varepsilon}} \odot \bar g_t,\\
+    a_t &\leftarrow \beta_2\, a_{t-1} + (1-\beta_2)\, d_t \odot d_t,\\
     \theta_t &\leftarrow \theta_{t-1} - \eta\, d_t .
     \end{align*}
     $$
@@ -261,20 +261,20 @@ class Adadelta(Optimizer):
     Conventions (those of `torch.optim.Adadelta`; iterates agree up to floating-point rounding):
 
     - $\varepsilon$ is added inside both square roots (unlike Adagrad and RMSprop);
-    - $u$ accumulates $d_t$, the update before the learning rate, so `lr` is a plain factor on the step and does not
-      feed back into $u$; Zeiler's algorithm is `lr=1.0`;
+    - $a$ accumulates $d_t$, the update before the learning rate, so `lr` is a plain factor on the step and does not
+      feed back into $a$; Zeiler's algorithm is `lr=1.0`;
     - the step counter is kept (as torch does) but not used; `capturable=True` and `differentiable=True` raise.
 
     References: Zeiler (2012), ADADELTA.
     """
     rule = staticmethod(adadelta_update)
     state_keys = {"v": ("square_avg", "moving average of the squared gradients"),
-                  "u": ("acc_delta", "moving average of the squared updates d⊙d")}
+                  "a": ("acc_delta", "moving average of the squared updates d⊙d")}
     uses_step = True
 
     def __init__(self, params,                   # parameters, or dicts defining parameter groups
                  lr: float | Tensor = 1.0,       # η: a factor on the update (1.0 in Zeiler's algorithm)
-                 rho: float = 0.9,               # β₂: averaging coefficient of v and u
+                 rho: float = 0.9,               # β₂: averaging coefficient of v and a
                  eps: float = 1e-6,              # ε: added inside both square roots
                  weight_decay: float = 0,        # λ: L2 penalty added to the gradient
                  foreach: bool | None = None,    # multi-tensor path; None: on for CUDA, off on CPU
@@ -291,7 +291,7 @@ class Adadelta(Optimizer):
 
     def init_state(self, p, group):
         return {"v": torch.zeros_like(p, memory_format=torch.preserve_format),
-                "u": torch.zeros_like(p, memory_format=torch.preserve_format)}
+                "a": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
     def hyper(self, group):
         return dict(eta=group["lr"], beta2=group["rho"], eps=group["eps"], lam=off(group["weight_decay"]),
@@ -299,4 +299,4 @@ class Adadelta(Optimizer):
 
     def update(self, p, g, s, h, *, t=None, first=False):
         "`adadelta_update` (the step counter is kept for torch's state_dict but not used)."
-        adadelta_update(p, g, s["v"], s["u"], **h)
+        adadelta_update(p, g, s["v"], s["a"], **h)

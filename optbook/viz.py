@@ -4,7 +4,7 @@
 __all__ = ['CJK_FONT', 'setup_cjk_font', 'contour', 'loss_curves', 'compare', 'animate', 'explore']
 
 # %% ../nbs/91_viz.ipynb #ac97315b
-import itertools, math, os, shutil, subprocess, sys, warnings
+import itertools, math, os, re, shutil, subprocess, sys, warnings
 from typing import Optional
 import numpy as np
 import torch
@@ -184,6 +184,8 @@ def animate(landscape,       # the `Landscape` to draw
     with plt.rc_context({"animation.frame_format": "jpeg"}):  # JPEG frames are about 4x smaller than PNG here
         html = anim.to_jshtml()
     plt.close(fig)
+    if os.environ.get("OPTBOOK_PLOTLYJS") == "page":  # in the book build: the page has Font Awesome itself, no CDN
+        html = re.sub(r'<link[^>]*font-awesome[^>]*>', "", html)
     return HTML(html)
 
 # %% ../nbs/91_viz.ipynb #1ffb42f0

@@ -78,7 +78,7 @@ def test_rmsprop_centered_momentum_lr_outside_the_buffer_under_a_scheduler(forea
 
 
 def test_adadelta_rho_one_is_accepted_like_torch_and_steps_by_g():
-    "rho = 1: v and u stay 0, so d = √ε/√ε·g = g and θ ← θ − ηg (torch accepts rho in [0, 1])."
+    "rho = 1: v and a stay 0, so d = √ε/√ε·g = g and θ ← θ − ηg (torch accepts rho in [0, 1])."
     x = torch.tensor([1.0, -2.0], dtype=F64, requires_grad=True)
     x.grad = torch.tensor([0.5, 3.0], dtype=F64)
     Adadelta([x], lr=0.1, rho=1.0).step()
@@ -127,26 +127,26 @@ def _rmsprop_uncentered_variance(p, g, v, m=None, b=None, **kw):
     "Centered flag ignored: divides by the RMS instead of the standard deviation."
     rmsprop_update(p, g, v, None, b, **kw)
 
-def _adadelta_lr_ignored(p, g, v, u, *, eta, **kw):
+def _adadelta_lr_ignored(p, g, v, a, *, eta, **kw):
     "Zeiler's algorithm with torch's lr dropped (η = 1 always)."
-    adadelta_update(p, g, v, u, eta=1.0, **kw)
+    adadelta_update(p, g, v, a, eta=1.0, **kw)
 
-def _adadelta_eps_outside(p, g, v, u, *, eta, beta2, eps, lam, maximize):
-    "ε outside the roots: (√u + ε)/(√v + ε) instead of √(u + ε)/√(v + ε)."
+def _adadelta_eps_outside(p, g, v, a, *, eta, beta2, eps, lam, maximize):
+    "ε outside the roots: (√a + ε)/(√v + ε) instead of √(a + ε)/√(v + ε)."
     if maximize: g = -g
     if lam is not None: g = g.add(p, alpha=lam)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    d = u.sqrt().add_(eps).div_(v.sqrt().add_(eps)).mul_(g)
-    u.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+    d = a.sqrt().add_(eps).div_(v.sqrt().add_(eps)).mul_(g)
+    a.mul_(beta2).addcmul_(d, d, value=1 - beta2)
     p.add_(d, alpha=-eta)
 
-def _adadelta_lr_in_accumulator(p, g, v, u, *, eta, beta2, eps, lam, maximize):
-    "u accumulates the scaled step (ηd)² instead of d²."
+def _adadelta_lr_in_accumulator(p, g, v, a, *, eta, beta2, eps, lam, maximize):
+    "a accumulates the scaled step (ηd)² instead of d²."
     if maximize: g = -g
     if lam is not None: g = g.add(p, alpha=lam)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-    d = u.add(eps).sqrt_().div_(v.add(eps).sqrt_()).mul_(g).mul_(eta)
-    u.mul_(beta2).addcmul_(d, d, value=1 - beta2)
+    d = a.add(eps).sqrt_().div_(v.add(eps).sqrt_()).mul_(g).mul_(eta)
+    a.mul_(beta2).addcmul_(d, d, value=1 - beta2)
     p.sub_(d)
 
 

@@ -46,6 +46,7 @@ def browser(tmp_path_factory):
         pytest.fail("Debian's chromium and chromium-driver are needed (make test installs them)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})   # the pages' console, for the JavaScript-error check
     for flag in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage", "--window-size=1280,2000",
@@ -83,42 +84,46 @@ def load(browser, server, page):
     assert browser.execute_async_script(WAIT_MATHJAX) == "ok", f"{page}: MathJax did not start"
 
 
+# Console messages that are the network's fault, not the page's: this machine reaches no CDN or comment server.
+OFFLINE = ("utteranc.es", "favicon.ico", "ERR_NAME_NOT_RESOLVED", "ERR_INTERNET_DISCONNECTED", "Got invalid theme mode")
+
+
 @pytest.mark.parametrize("doc", toc_files())
 def test_page_renders(browser, server, doc):
+    "One load per page: math typeset, no raw TeX, images, no directives or stderr, one MathJax, comments, no JS errors."
+    browser.get_log("browser")                                   # drop what earlier pages left
     load(browser, server, f"{doc}.html")
     prose = browser.execute_script(PROSE_TEXT)
     for raw in ["$$", "\\begin{align", "\\frac", "\\theta"]:
         assert raw not in prose, f"{doc}: raw TeX {raw!r} left on the page"
     assert not browser.find_elements("css selector", "mjx-merror, .MathJax_Error"), f"{doc}: MathJax error"
+    src = ROOT / f"{doc}.ipynb"
+    if src.exists() and "$" in src.read_text(encoding="utf-8"):
+        assert browser.find_elements("css selector", "mjx-container"), f"{doc}: no typeset math"
     broken = [src[:120] for src, ok in browser.execute_script(IMAGES) if not ok]
     assert not broken, f"{doc}: images that did not load: {broken}"
     html = browser.page_source
     assert "#| " not in html and "#|export" not in html, f"{doc}: an nbdev directive reached the page"
     assert not browser.find_elements("css selector", ".output.stderr, .stderr"), f"{doc}: a stderr block is shown"
     assert "Traceback" not in browser.execute_script("return document.body.innerText"), f"{doc}: a traceback is shown"
+    mathjax = browser.execute_script("return Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s));")
+    assert len(mathjax) == 1 and f"{server}/_static/mathjax/tex-chtml.js" in mathjax[0], \
+        f"{doc}: the page must load exactly one MathJax, from the book's _static: {mathjax[:5]}"
+    comments = browser.execute_script(
+        "return Array.from(document.querySelectorAll('.optbook-comments script')).map(s => [s.src, s.getAttribute('repo')]);")
+    assert comments == [["https://utteranc.es/client.js", "optbook/optbook"]], f"{doc}: the comment box is missing: {comments}"
+    external = browser.execute_script(
+        "return Array.from(document.querySelectorAll('link[href], script[src], img[src], iframe[src]'))"
+        ".map(e => e.href || e.src).filter(u => /^https?:/.test(u) && !u.startsWith(arguments[0]));", server)
+    assert [u for u in external if "utteranc.es" not in u] == [], f"{doc}: assets from other hosts (offline, they fail): {external}"
+    errors = [m["message"] for m in browser.get_log("browser")
+              if m["level"] == "SEVERE" and not any(k in m["message"] for k in OFFLINE)]
+    assert not errors, f"{doc}: JavaScript errors on the page: {errors}"
+    if src.exists():
+        want = f"https://colab.research.google.com/github/optbook/optbook/blob/main/{doc}.ipynb"
+        hrefs = [a.get_attribute("href") for a in browser.find_elements("css selector", "a[href*='colab.research.google.com']")]
+        assert want in hrefs, f"{doc}: Colab link should be {want}, found {hrefs}"
     browser.save_screenshot(str(SHOTS / (doc.replace("/", "_") + ".png")))
-
-
-@pytest.mark.parametrize("doc", NOTEBOOKS)
-def test_math_is_typeset(browser, server, doc):
-    "Pages with formulas show MathJax output (the CHTML elements exist)."
-    load(browser, server, f"{doc}.html")
-    if "$" in (ROOT / f"{doc}.ipynb").read_text(encoding="utf-8"):
-        assert browser.find_elements("css selector", "mjx-container"), f"{doc}: no typeset math"
-
-
-@pytest.mark.parametrize("doc", NOTEBOOKS)
-def test_colab_link(browser, server, doc):
-    load(browser, server, f"{doc}.html")
-    want = f"https://colab.research.google.com/github/optbook/optbook/blob/main/{doc}.ipynb"
-    hrefs = [a.get_attribute("href") for a in browser.find_elements("css selector", "a[href*='colab.research.google.com']")]
-    assert want in hrefs, f"{doc}: Colab link should be {want}, found {hrefs}"
-
-
-@pytest.mark.parametrize("doc", NOTEBOOKS)
-def test_comments_box(browser, server, doc):
-    load(browser, server, f"{doc}.html")
-    assert "utteranc.es" in browser.page_source, f"{doc}: the page-comments script (utterances) is missing"
 
 
 def test_chinese_search_finds_momentum(browser, server):

@@ -153,3 +153,16 @@ def test_sphinx_extension_serves_plotlyjs(tmp_path):
     assert added == []
     connected["html-page-context"](app, "nbs/91_viz", "page.html", {"body": '<div class="plotly-graph-div"></div>'}, None)
     assert ("plotly.min.js", {"priority": 100}) in added
+
+
+def test_animation_uses_the_books_font_awesome_in_the_build(monkeypatch):
+    "matplotlib's player links Font Awesome 4 from a CDN; on the book page (offline) the theme's own Font Awesome serves it."
+    import torch
+    from optbook import landscapes, viz
+    q = landscapes.quadratic(kappa=5.0)
+    path = landscapes.trajectory(q, lambda ps: torch.optim.SGD(ps, lr=0.1), 5)
+    monkeypatch.delenv("OPTBOOK_PLOTLYJS", raising=False)
+    assert "font-awesome" in viz.animate(q, {"GD": path}, frames=3).data       # Jupyter, Colab: as matplotlib makes it
+    monkeypatch.setenv("OPTBOOK_PLOTLYJS", "page")
+    html = viz.animate(q, {"GD": path}, frames=3).data
+    assert "font-awesome" not in html and "fa-play" in html                      # the book: no CDN link, same buttons
