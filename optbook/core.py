@@ -158,12 +158,13 @@ class Optimizer(torch.optim.Optimizer):
     """The bookkeeping every optbook optimizer shares: validation, lazy state, the step counter, and the paths.
 
     A subclass declares `rule`, `state_keys` (book symbol -> (torch state key, meaning)), and optionally
-    `uses_step`, `exact_keys`, `per_matrix`, `supports_complex`; it implements `init_state` and `hyper`."""
+    `uses_step`, `exact_keys`, `per_matrix`, `matrices_only`, `supports_complex`; it implements `init_state` and `hyper`."""
     rule: Callable = None            # the update rule: updates θ and the state in place; arguments are the book's symbols
     state_keys: dict = {}            # symbol -> (torch's state key, meaning): the one table between the two
     uses_step: bool = False          # keep torch's per-parameter state["step"]; the rule gets t, counted from 1
     exact_keys: tuple = ()           # symbols of scalar state that load_state_dict must not cast to the parameter's dtype
-    per_matrix: bool = False         # the rule needs whole matrices: never batched; DTensor shards are gathered first
+    per_matrix: bool = False         # the rule needs whole tensors: never batched; DTensor shards are gathered first
+    matrices_only: bool = False      # refuse parameters with fewer than 2 dimensions
     supports_complex: bool = True    # complex parameters are updated as real pairs; False refuses them
 
     def __init_subclass__(cls, **kwargs):
@@ -204,7 +205,7 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"{name}: parameter {i} has dtype {p.dtype}; only floating-point (or complex) tensors can be optimized")
             if p.is_complex() and not self.supports_complex:
                 raise ValueError(f"{name}: parameter {i} is complex ({p.dtype}); {name} does not support complex parameters")
-            if self.per_matrix and p.dim() < 2:
+            if self.matrices_only and p.dim() < 2:
                 raise ValueError(f"{name}: parameter {i} has shape {tuple(p.shape)}; {name} updates matrices only, "
                                  "so give vectors and scalars to another optimizer")
             if id(p) in seen:

@@ -269,6 +269,7 @@ class FrobeniusGD(Optimizer):
     "θ ← θ − η·G/‖G‖_F: needs the whole matrix."
     rule = staticmethod(frobenius_step)
     per_matrix = True
+    matrices_only = True
     supports_complex = False
     def __init__(self, params, lr=0.1, *, foreach=None):
         super().__init__(params, dict(lr=lr, foreach=foreach, maximize=False, differentiable=False, fused=None))
