@@ -182,12 +182,91 @@ REGISTRY = [
                  dict(betas=(1.0, 0.999))]),
     # --- end adam ---
     # --- entries: shampoo (chapter 05) ---
+    # optbook.shampoo's class, imported here until `from optbook import *` exports it (then: optbook.Shampoo).
+    # Points and vectors take Shampoo's diagonal (AdaGrad) path, so the landscapes check that path; the grid's
+    # (4, 3), (2, 2, 2) and (5, 2) parameters check the Kronecker path against a dense torch.kron reference.
+    # eps stays >= 1e-3 there (1.0 with stale roots, f = 3, where new gradients reach directions the old roots saw
+    # only as eps): the dense reference's (pq × pq) eigenvalues reach eps², and its round-off near them exceeds RTOL.
+    # The chapter checks the same agreement, and the eps → 0 limit of the first step, in its own cells.
+    Entry("Shampoo", __import__("optbook.shampoo", fromlist=["Shampoo"]).Shampoo,
+          __import__("test_shampoo").KronShampooReference, [
+        dict(lr=0.5, eps=0.1),
+        dict(lr=0.5, eps=1.0, precondition_frequency=3),
+        dict(lr=0.3, eps=0.1, momentum=0.5, weight_decay=1e-9),
+    ], grid=[dict(lr=0.1, eps=e, precondition_frequency=f, momentum=m, weight_decay=w, maximize=x)
+             for (e, f), m, w, x in itertools.product(((1e-3, 1), (0.1, 1), (1.0, 3)), (0.0, 0.9), (0.0, 0.1),
+                                                      (False, True))],
+       torch_state=False, complex_ok=False, rosenbrock=dict(lr=0.5),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=0.0), dict(eps=-1e-6), dict(momentum=1.0),
+                 dict(weight_decay=-0.1), dict(precondition_frequency=0)],
+       skip={"test_rule_compiles_and_lr_changes_recompile_nothing":
+                 "the roots are refreshed on a data-dependent step test ((t - 1) % f) and come from torch.linalg.eigh",
+             "test_checks_catch_a_foreach_path_that_updates_nothing":
+                 "per_matrix: every tensor is updated alone, so there is no foreach path to break (foreach is ignored)"}),
     # --- end shampoo ---
     # --- entries: sign (chapter 06) ---
+    # optbook.sign's classes, imported here until `from optbook import *` exports them (then: optbook.Rprop, optbook.Lion)
+    Entry("Rprop", __import__("optbook.sign", fromlist=["Rprop"]).Rprop, torch.optim.Rprop, [
+        dict(lr=0.01),
+        dict(lr=0.1, etas=(0.3, 1.5)),
+        dict(lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-8, 1.0)),
+    ], grid=[dict(lr=0.01, etas=e, step_sizes=s, maximize=x)
+             for e, s, x in itertools.product(((0.5, 1.2), (0.3, 2.0)), ((1e-6, 50), (1e-3, 0.05)), (False, True))],
+       torch_state=True, rosenbrock=dict(lr=1e-3),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(etas=(1.5, 1.2)), dict(etas=(0.5, 0.9)),
+                 dict(step_sizes=(1.0, 0.1))],
+       skip={"test_comparison_catches_a_tiny_lr_error": "Rprop's lr only sets the initial step sizes σ₀ (state, not a "
+             "hyperparameter of the rule); tests/test_sign.py perturbs σ₀ by 1e-9 instead"}),
+    # reference: lion-pytorch's Lion behind a thin adapter (foreach accepted, maximize by negating the gradient, complex
+    # parameters as real pairs); it is not torch.optim's, so no state_dict swapping (torch_state=False)
+    Entry("Lion", __import__("optbook.sign", fromlist=["Lion"]).Lion, __import__("test_sign").LionReference, [
+        dict(lr=0.01),
+        dict(lr=0.01, betas=(0.9, 0.9)),
+        dict(lr=0.01, betas=(0.95, 0.98), weight_decay=1e-3),
+    ], grid=[dict(lr=0.01, betas=b, weight_decay=w, decoupled_weight_decay=d, maximize=x)
+             for b, w, d, x in itertools.product(((0.9, 0.99), (0.5, 0.8)), (0.0, 0.1), (False, True), (False, True))],
+       torch_state=False, quadratic_steps=1000, quadratic_tol=1e-6, quadratic_sched=True,
+       rosenbrock=dict(lr=3e-3, betas=(0.9, 0.99)),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(weight_decay=-0.1), dict(betas=(1.0, 0.99)),
+                 dict(betas=(0.9, -0.1))]),
     # --- end sign ---
     # --- entries: muon (chapter 07) ---
+    # optbook.muon's class, imported here until `from optbook import *` exports it (then: optbook.Muon).
+    # torch.optim.Muon takes no `foreach`, which every check passes: the reference is torch's class with that argument
+    # dropped (so the torch-signature check skips it; tests/test_muon.py compares the signatures and defaults instead).
+    # Both run Newton–Schulz in bfloat16 with the same products in the same order, so the float64 iterates agree bit for
+    # bit and RTOL stays; test_muon.py shows that one wrong NS coefficient or a missing transpose fails it.
+    Entry("Muon", __import__("optbook.muon", fromlist=["Muon"]).Muon,
+          type("TorchMuon", (torch.optim.Muon,), {"__init__": lambda self, params, *args, foreach=None, **kw:
+                                                  torch.optim.Muon.__init__(self, params, *args, **kw)}), [
+        dict(lr=0.02),
+        dict(lr=0.02, nesterov=False, weight_decay=0.0),
+        dict(lr=0.02, momentum=0.9, adjust_lr_fn="match_rms_adamw", weight_decay=0.01),
+        dict(lr=0.02, ns_steps=3, ns_coefficients=(2.0, -1.5, 0.5), adjust_lr_fn="original"),
+    ], grid=[dict(lr=0.02, momentum=m, nesterov=n, weight_decay=w, adjust_lr_fn=a)
+             for m, n, w, a in itertools.product((0.0, 0.95), (False, True), (0.0, 0.1), (None, "original", "match_rms_adamw"))],
+       torch_state=True, matrices_only=True, complex_ok=False,
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(momentum=-0.5), dict(weight_decay=-1e-4),
+                 dict(ns_steps=100), dict(adjust_lr_fn="bogus")],
+       skip={"test_rule_compiles_and_lr_changes_recompile_nothing":
+             "the rule compiles with fullgraph=True, but Inductor rewrites the bfloat16 addmm of Newton–Schulz, so the "
+             "compiled step differs from eager by bfloat16 rounding (~1e-4 relative), far above RTOL"}),
     # --- end muon ---
     # --- entries: lbfgs (chapter 08) ---
+    # optbook.lbfgs.LBFGS, imported here until `from optbook import *` exports it. L-BFGS needs a closure, so every
+    # check that feeds gradients without one skips it (needs_closure); tests/test_lbfgs.py runs the closure-driven
+    # comparisons with torch (bit for bit), the state_dict checks and the mutants instead.
+    Entry("LBFGS", __import__("optbook.lbfgs", fromlist=["LBFGS"]).LBFGS, torch.optim.LBFGS, [
+        dict(lr=1, max_iter=20),
+        dict(lr=1, line_search_fn="strong_wolfe"),
+    ], needs_closure=True, torch_state=True, rosenbrock=dict(lr=1), rosenbrock_steps=20, complex_ok=False,
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(max_iter=0), dict(history_size=0),
+                 dict(tolerance_grad=-1.0), dict(line_search_fn="backtracking")],
+       skip={"test_parameter_groups_given_as_generators": "LBFGS supports one parameter group only (as torch's)",
+             "test_maximize_on_minus_f_follows_minimize_on_f": "no maximize option (as torch's LBFGS)",
+             "test_state_follows_the_device": "FakeTensorMode: the tolerance checks and the line search read tensor values",
+             "test_rule_compiles_and_lr_changes_recompile_nothing": "no per-tensor rule: data-dependent control flow in step()",
+             "test_foreach_equals_forloop_bit_for_bit": "no foreach option (as torch's LBFGS)"}),
     # --- end lbfgs ---
 ]
 
@@ -248,10 +327,17 @@ def set_grads(ps, grads):
     for p, g in zip(ps, grads): p.grad = None if g is None else g.clone()
 
 
-def applies(entry, vectors=False):
-    "Skip a check that does not apply to `entry`: it feeds gradients without a closure, or (`vectors`) 2-d points."
-    if entry.needs_closure: pytest.skip(f"{entry.name} needs a closure; this check sets gradients directly")
+def applies(entry, vectors=False, closure=False):
+    "Skip a check that does not apply to `entry`: it feeds gradients without a closure (unless `closure`), or 2-d points."
+    if entry.needs_closure and not closure: pytest.skip(f"{entry.name} needs a closure; this check sets gradients directly")
     if vectors and entry.matrices_only: pytest.skip(f"{entry.name} updates matrices only; this check runs on 2-d points")
+
+
+def with_foreach(entry, foreach):
+    "`foreach=...` for optimizers that take it; for one that does not (L-BFGS), only the foreach=False case runs."
+    if "foreach" in inspect.signature(entry.cls).parameters: return {"foreach": foreach}
+    if foreach: pytest.skip(f"{entry.name} has no foreach option")
+    return {}
 
 
 def run(make, entry, steps, dtype=F64, device="cpu", params=None, start=0, seed=1):
@@ -309,13 +395,15 @@ def gap(landscape, path):
 
 @entry_cases(REGISTRY, "settings")
 def test_converges_on_the_quadratic(entry, kw):
-    applies(entry, vectors=True)
+    applies(entry, vectors=True, closure=True)
     q = landscapes.quadratic(kappa=10.0, angle=0.3)
     x = torch.tensor(q.start, dtype=F64, requires_grad=True)
     opt = entry.cls([x], **kw)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=entry.quadratic_steps) if entry.quadratic_sched else None
+    def closure():
+        opt.zero_grad(); loss = q(x); loss.backward(); return loss
     for _ in range(entry.quadratic_steps):
-        opt.zero_grad(); q(x).backward(); opt.step()
+        opt.step(closure)
         if sched: sched.step()
     path = x.detach()[None]
     assert gap(q, path) < entry.quadratic_tol, f"{entry.name}{kw}: f − f* = {gap(q, path):.2e} after {entry.quadratic_steps} steps"
@@ -323,7 +411,7 @@ def test_converges_on_the_quadratic(entry, kw):
 
 @ENTRIES
 def test_progress_on_rosenbrock(entry):
-    applies(entry, vectors=True)
+    applies(entry, vectors=True, closure=True)
     r = landscapes.rosenbrock()
     path = landscapes.trajectory(r, lambda ps: entry.cls(ps, **entry.rosenbrock), entry.rosenbrock_steps)
     start = (r(torch.tensor(r.start, dtype=F64)) - r.f_min).item()
@@ -334,12 +422,13 @@ def test_progress_on_rosenbrock(entry):
 @FOREACH
 def test_follows_reference_on_landscapes(entry, kw, foreach):
     "On curved landscapes too (a smaller lr there, so that no run diverges: a warning fails this test)."
-    applies(entry, vectors=True)
+    applies(entry, vectors=True, closure=True)
+    paths = with_foreach(entry, foreach)
     for land, lr in ((landscapes.quadratic(kappa=10.0, angle=0.3), kw["lr"]), (landscapes.rosenbrock(), 1e-3),
                      (landscapes.beale(), 1e-3)):
         kw2 = dict(kw, lr=lr)
-        ours = landscapes.trajectory(land, lambda ps: entry.cls(ps, foreach=foreach, **kw2), 100, start=land.start)
-        ref = landscapes.trajectory(land, lambda ps: entry.reference(ps, foreach=foreach, **kw2), 100, start=land.start)
+        ours = landscapes.trajectory(land, lambda ps: entry.cls(ps, **paths, **kw2), 100, start=land.start)
+        ref = landscapes.trajectory(land, lambda ps: entry.reference(ps, **paths, **kw2), 100, start=land.start)
         assert ours.shape == ref.shape == (101, 2)
         torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
 
@@ -381,12 +470,13 @@ def test_maximize_on_minus_f_follows_minimize_on_f(entry, kw, foreach):
 @FOREACH
 def test_closure_and_scheduler_match_reference(entry, kw, foreach):
     "step(closure) returns the closure's loss, and a StepLR schedule changes lr in both the same way."
-    applies(entry)
+    applies(entry, closure=True)
+    paths = with_foreach(entry, foreach)
     target = [torch.randn(s, generator=torch.Generator().manual_seed(7), dtype=F64) for s in shapes_for(entry)]
     runs = []
     for cls in (entry.cls, entry.reference):
         ps = [p.requires_grad_() for p in make_params(entry)]
-        opt = cls(groups(ps, kw), foreach=foreach, **kw)
+        opt = cls(groups(ps, kw) if not entry.needs_closure else ps, **paths, **kw)   # L-BFGS: one group, like torch
         sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
         def closure():
             opt.zero_grad()
@@ -399,7 +489,7 @@ def test_closure_and_scheduler_match_reference(entry, kw, foreach):
             iterates.append([p.detach().clone() for p in ps])
         runs.append((losses, iterates, [g["lr"] for g in opt.param_groups], ps))
     (l_o, it_o, lr_o, ps_o), (l_r, it_r, lr_r, _) = runs
-    assert lr_o == lr_r and lr_o[0] == kw["lr"] * 0.5 ** 4
+    assert lr_o == lr_r and lr_o[0] == kw["lr"] * 0.5 ** 4 and len(lr_o) == (1 if entry.needs_closure else 2)
     torch.testing.assert_close(torch.tensor(l_o), torch.tensor(l_r), rtol=RTOL, atol=ATOL)
     assert_paths_close(it_o, it_r)
     assert ps_o[NO_GRAD].grad is None
