@@ -1,0 +1,157 @@
+"""Chapter 07 (Muon): the Newton–Schulz polynomial, conv flattening, the parameter-group helper, batched NS,
+torch 2.13's in-place bf16 bug, and mutants that the reference comparison must catch."""
+import inspect
+import math
+
+import pytest
+import torch
+
+import optbook.muon as M
+from optbook.muon import Muon, newton_schulz, muon_param_groups, muon_with_adamw, lr_ratio, NS_COEFFICIENTS
+
+F64 = torch.float64
+
+
+def run_pair(make_ours, steps=8, dtype=F64, shapes=((8, 5), (5, 8), (6, 6), (12, 3)), **kw):
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=gen, dtype=F64).to(dtype) for s in shapes]
+    qs = [p.clone() for p in ps]
+    ours, ref = make_ours(ps, **kw), torch.optim.Muon(qs, **kw)
+    for _ in range(steps):
+        for p, q in zip(ps, qs):
+            p.grad = torch.randn(p.shape, generator=gen, dtype=F64).to(dtype); q.grad = p.grad.clone()
+        ours.step(); ref.step()
+    return ps, qs, ours, ref
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("adjust", [None, "original", "match_rms_adamw"])
+def test_bit_identical_to_torch_in_float64(nesterov, adjust):
+    ps, qs, ours, ref = run_pair(Muon, lr=0.02, nesterov=nesterov, adjust_lr_fn=adjust)
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+    a, b = ours.state_dict()["state"], ref.state_dict()["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[i]["momentum_buffer"], b[i]["momentum_buffer"]) for i in a)
+
+
+def test_signature_and_defaults_extend_torch():
+    "torch's parameters, kinds and defaults in torch's order, then optbook's keyword-only foreach."
+    ours, ref = inspect.signature(Muon).parameters, inspect.signature(torch.optim.Muon).parameters
+    assert list(ours)[:len(ref)] == list(ref) and list(ours)[len(ref):] == ["foreach"]
+    for name, p in ref.items():
+        assert ours[name].kind == p.kind and ours[name].default == p.default, name
+    assert ours["foreach"].kind == inspect.Parameter.KEYWORD_ONLY
+    w = torch.zeros(3, 3)
+    a = {k: v for k, v in Muon([w]).param_groups[0].items() if k not in ("params", "foreach")}
+    b = {k: v for k, v in torch.optim.Muon([w.clone()]).param_groups[0].items() if k != "params"}
+    assert a == b
+
+
+def mutant(ns):
+    "Muon with another Newton–Schulz."
+    class Mutant(Muon):
+        def update(self, p, g, s, h, **kw):
+            d = M._direction(g, s["m"], h["beta"], h["nesterov"])
+            M._apply(p, ns(d, h["coefficients"], h["ns_steps"], h["eps"]), h["eta"], h["lam"], h["adjust_lr_fn"])
+    return Mutant
+
+
+def no_transpose(G, coefficients, steps, eps):
+    X = G.bfloat16(); X = X / X.norm().clamp(min=eps)
+    c1, c3, c5 = coefficients
+    for _ in range(steps):
+        A = X @ X.mT; X = torch.addmm(X, torch.addmm(A, A, A, beta=c3, alpha=c5), X, beta=c1)
+    return X
+
+
+@pytest.mark.parametrize("ns", [lambda G, c, k, e: newton_schulz(G, (c[0], c[1], 2.03), k, e), no_transpose,
+                                newton_schulz], ids=["wrong_c5", "no_transpose", "correct"])
+def test_mutants_are_caught_at_registry_tolerance(ns):
+    ps, qs, _, _ = run_pair(mutant(ns), lr=0.02)
+    close = all(torch.allclose(p, q, rtol=1e-12, atol=1e-15) for p, q in zip(ps, qs))
+    assert close == (ns is newton_schulz)
+
+
+def test_polynomial_pushes_singular_values_toward_one():
+    c1, c3, c5 = NS_COEFFICIENTS
+    assert c1 + c3 + c5 == pytest.approx(0.701)                     # φ(1) ≠ 1: not a fixed point
+    s = torch.linspace(0.002, 1, 1000, dtype=F64)
+    for _ in range(5): s = c1 * s + c3 * s**3 + c5 * s**5
+    assert s.min() > 0.68 and s.max() < 1.22
+    G = torch.randn(12, 7, dtype=F64)
+    X = G / G.norm(); A = X @ X.T
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    torch.testing.assert_close(c1 * X + (c3 * A + c5 * A @ A) @ X, U @ torch.diag(c1 * S + c3 * S**3 + c5 * S**5) @ Vh)
+
+
+def test_tall_matrices_are_nearly_orthogonal_and_input_untouched():
+    G = torch.randn(256, 64, dtype=torch.float64)
+    G0 = G.clone()
+    sv = torch.linalg.svdvals(newton_schulz(G).double())
+    assert 0.6 < sv.min() and sv.max() < 1.25
+    assert torch.equal(G, G0)
+    Gb = G.bfloat16(); Gb0 = Gb.clone(); newton_schulz(Gb); assert torch.equal(Gb, Gb0)
+
+
+def test_torch_bf16_nesterov_false_rescales_buffer_and_ours_does_not():
+    g = torch.randn(6, 4).bfloat16()
+    p1, p2 = torch.zeros(6, 4, dtype=torch.bfloat16), torch.zeros(6, 4, dtype=torch.bfloat16)
+    o1, o2 = Muon([p1], lr=0.02, nesterov=False), torch.optim.Muon([p2], lr=0.02, nesterov=False)
+    p1.grad, p2.grad = g.clone(), g.clone(); o1.step(); o2.step()
+    expected = torch.zeros_like(g).lerp_(g, 1 - 0.95)
+    assert torch.equal(o1.state[p1]["momentum_buffer"], expected)
+    m2 = o2.state[p2]["momentum_buffer"]
+    assert not torch.equal(m2, expected) and abs(m2.float().norm().item() - 1) < 1e-2   # torch 2.13's bug
+
+
+def test_conv_weight_is_its_flattened_matrix():
+    W = torch.randn(16, 8, 3, 3, dtype=F64); g = torch.randn_like(W)
+    W4, W2 = W.clone(), W.reshape(16, -1).clone()
+    W4.grad, W2.grad = g.clone(), g.reshape(16, -1).clone()
+    Muon([W4], lr=0.02, adjust_lr_fn="match_rms_adamw").step(); Muon([W2], lr=0.02, adjust_lr_fn="match_rms_adamw").step()
+    assert torch.equal(W4.reshape(16, -1), W2)
+    assert lr_ratio("match_rms_adamw", W4.shape) == 0.2 * math.sqrt(72)
+    with pytest.raises(ValueError, match="matrices only"): Muon([torch.zeros(3)])
+
+
+def test_batched_ns_equals_per_matrix_up_to_bf16_rounding():
+    G = torch.randn(6, 48, 24, dtype=F64)
+    O = newton_schulz(G).double()
+    one = torch.stack([newton_schulz(G[i]).double() for i in range(6)])
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    assert (O - one).norm() < 0.1 * (one - U @ Vh).norm()
+    ps = [torch.randn(32, 16, dtype=F64) for _ in range(4)] + [torch.randn(8, 8, dtype=F64)]
+    qs, start = [p.clone() for p in ps], [p.clone() for p in ps]
+    a, b = Muon(ps, lr=0.02, foreach=False), Muon(qs, lr=0.02, foreach=True)
+    for _ in range(3):
+        for p, q in zip(ps, qs): p.grad = torch.randn_like(p); q.grad = p.grad.clone()
+        a.step(); b.step()
+    for p, q, s in zip(ps, qs, start):
+        assert not torch.equal(q, s)                                      # the batched path moves every matrix
+        assert (p - q).norm() < 1e-3 * p.norm()
+    assert torch.equal(ps[-1], qs[-1])                                    # a matrix alone takes the one-matrix path
+
+
+def test_param_group_helper():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(20, 8); self.conv = torch.nn.Conv1d(8, 8, 3)
+            self.hidden = torch.nn.Linear(8, 8); self.norm = torch.nn.LayerNorm(8); self.out = torch.nn.Linear(8, 20)
+            self.out.weight = self.embed.weight                            # tied
+    net = Net()
+    to_muon, to_adamw = muon_param_groups(net)
+    assert [id(p) for p in to_muon] == [id(net.conv.weight), id(net.hidden.weight)]
+    assert len(to_muon) + len(to_adamw) == len(list(net.parameters()))
+    to_muon2, _ = muon_param_groups(net, head="hidden")
+    assert [id(p) for p in to_muon2] == [id(net.conv.weight)]
+    muon, adamw = muon_with_adamw(net, muon=dict(lr=0.01))
+    assert muon.param_groups[0]["lr"] == 0.01 and type(adamw).__name__ == "AdamW"
+
+
+@pytest.mark.parametrize("bad", [dict(ns_coefficients=(1.0, 2.0)), dict(eps=-1.0), dict(ns_steps=-1)])
+def test_more_bad_arguments(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))): Muon([torch.zeros(2, 2)], **bad)
+
+
+def test_complex_refused():
+    with pytest.raises(ValueError, match="complex"): Muon([torch.zeros(2, 2, dtype=torch.complex64)])
