@@ -129,7 +129,7 @@ class LBFGS(Optimizer):
     $g_k^\top p_k > -$`tolerance_change`, when $\max\lvert\alpha_k p_k\rvert$ or $\lvert\Delta\mathcal{L}\rvert$
     falls below `tolerance_change`, or after `max_eval` evaluations; without a line search the last iteration's new
     point is not evaluated (the next call does it); the strong Wolfe search uses $c_1 = 10^{-4}$, $c_2 = 0.9$, at most
-    25 evaluations, cubic interpolation, and extrapolates at most tenfold. The returned loss is that of the *first*
+    the evaluations left in `max_eval` for this step (25 by default), cubic interpolation, and extrapolates at most tenfold. The returned loss is that of the *first*
     evaluation. Differences: bad hyperparameters and unknown `line_search_fn` are refused at construction (torch
     refuses the latter at the first step), a missing closure raises a message saying what to pass, sparse gradients
     are refused (torch densifies them). There are no `foreach`, `maximize`, `differentiable` or `fused` options,
@@ -255,7 +255,8 @@ class LBFGS(Optimizer):
                     fa = float(self.evaluate(closure)); ga = self.flat_grad()
                     for x, x0 in zip(self._params(), theta0): x.copy_(x0)
                     return fa, ga
-                f, g, alpha, n = strong_wolfe(phi, p, f, g, slope, alpha)
+                # at most the evaluations left in this step's budget (torch ≥ 2.x: max_ls = max_eval − evals so far)
+                f, g, alpha, n = strong_wolfe(phi, p, f, g, slope, alpha, max_ls=group["max_eval"] - evals)
                 self.move(alpha, p)
                 converged = g.abs().max() <= group["tolerance_grad"]
             else:
