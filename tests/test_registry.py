@@ -188,7 +188,7 @@ REGISTRY = [
     # eps stays >= 1e-3 there (1.0 with stale roots, f = 3, where new gradients reach directions the old roots saw
     # only as eps): the dense reference's (pq × pq) eigenvalues reach eps², and its round-off near them exceeds RTOL.
     # The chapter checks the same agreement, and the eps → 0 limit of the first step, in its own cells.
-    Entry("Shampoo", __import__("optbook.shampoo", fromlist=["Shampoo"]).Shampoo,
+    Entry("Shampoo", optbook.Shampoo,
           __import__("test_shampoo").KronShampooReference, [
         dict(lr=0.5, eps=0.1),
         dict(lr=0.5, eps=1.0, precondition_frequency=3),
@@ -206,7 +206,7 @@ REGISTRY = [
     # --- end shampoo ---
     # --- entries: sign (chapter 06) ---
     # optbook.sign's classes, imported here until `from optbook import *` exports them (then: optbook.Rprop, optbook.Lion)
-    Entry("Rprop", __import__("optbook.sign", fromlist=["Rprop"]).Rprop, torch.optim.Rprop, [
+    Entry("Rprop", optbook.Rprop, torch.optim.Rprop, [
         dict(lr=0.01),
         dict(lr=0.1, etas=(0.3, 1.5)),
         dict(lr=0.01, etas=(0.5, 1.2), step_sizes=(1e-8, 1.0)),
@@ -221,7 +221,7 @@ REGISTRY = [
              "build (torch.optim.Rprop's for-loop path uses it too); the state is created with *_like(p) by init_state"}),
     # reference: lion-pytorch's Lion behind a thin adapter (foreach accepted, maximize by negating the gradient, complex
     # parameters as real pairs); it is not torch.optim's, so no state_dict swapping (torch_state=False)
-    Entry("Lion", __import__("optbook.sign", fromlist=["Lion"]).Lion, __import__("test_sign").LionReference, [
+    Entry("Lion", optbook.Lion, __import__("test_sign").LionReference, [
         dict(lr=0.01),
         dict(lr=0.01, betas=(0.9, 0.9)),
         dict(lr=0.01, betas=(0.95, 0.98), weight_decay=1e-3),
@@ -238,7 +238,7 @@ REGISTRY = [
     # dropped (so the torch-signature check skips it; tests/test_muon.py compares the signatures and defaults instead).
     # Both run Newton–Schulz in bfloat16 with the same products in the same order, so the float64 iterates agree bit for
     # bit and RTOL stays; test_muon.py shows that one wrong NS coefficient or a missing transpose fails it.
-    Entry("Muon", __import__("optbook.muon", fromlist=["Muon"]).Muon,
+    Entry("Muon", optbook.Muon,
           type("TorchMuon", (torch.optim.Muon,), {"__init__": lambda self, params, *args, foreach=None, **kw:
                                                   torch.optim.Muon.__init__(self, params, *args, **kw)}), [
         dict(lr=0.02),
@@ -261,7 +261,7 @@ REGISTRY = [
     # optbook.lbfgs.LBFGS, imported here until `from optbook import *` exports it. L-BFGS needs a closure, so every
     # check that feeds gradients without one skips it (needs_closure); tests/test_lbfgs.py runs the closure-driven
     # comparisons with torch (bit for bit), the state_dict checks and the mutants instead.
-    Entry("LBFGS", __import__("optbook.lbfgs", fromlist=["LBFGS"]).LBFGS, torch.optim.LBFGS, [
+    Entry("LBFGS", optbook.LBFGS, torch.optim.LBFGS, [
         dict(lr=1, max_iter=20),
         dict(lr=1, line_search_fn="strong_wolfe"),
     ], needs_closure=True, torch_state=True, rosenbrock=dict(lr=1), rosenbrock_steps=20, complex_ok=False,
