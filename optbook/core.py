@@ -232,6 +232,15 @@ class Optimizer(torch.optim.Optimizer):
         if self.rule is None: raise NotImplementedError(f"{type(self).__name__} must define rule (or override update)")
         type(self).rule(p, g, **s, **h, **({} if t is None else {"t": t}))
 
+    # Optional, for per_matrix optimizers that can update several same-shape matrices at once (Muon's batched NS)
+    def matrix_batch_key(self, group: dict, p: Tensor):
+        "A key that groups `p` with the matrices it can be updated together with, or None for one at a time (default)."
+        return None
+
+    def update_matrices(self, items: list, h: dict) -> None:
+        "Update two or more parameters that share a `matrix_batch_key` at once; `items` are (p, g, state) triples."
+        raise NotImplementedError(f"{type(self).__name__} returns batch keys, so it must implement update_matrices()")
+
     # Shared with optimizers that own their step (L-BFGS)
     def evaluate(self, closure: Optional[Callable[[], Any]]):
         "The closure's loss, computed with gradients enabled; None without a closure."
@@ -297,7 +306,7 @@ class Optimizer(torch.optim.Optimizer):
         loss = self.evaluate(closure)
         for group in self.param_groups:
             h = self.hyper(group)
-            batches = defaultdict(list)
+            batches, matrix_batches = defaultdict(list), defaultdict(list)
             for p, g in self.params_with_grad(group):
                 state, first = self._state(p, group)
                 t = None
@@ -305,7 +314,9 @@ class Optimizer(torch.optim.Optimizer):
                     state["step"] += 1
                     t = int(state["step"])
                 if self.per_matrix:
-                    self._update_matrix(p, g, state, h, t, first)
+                    key = None if _is_dtensor(p) else self.matrix_batch_key(group, p)
+                    if key is None: self._update_matrix(p, g, state, h, t, first)
+                    else: matrix_batches[key].append((p, g, state, t, first))
                 elif self._use_foreach(group, p):
                     batches[(p.device, p.dtype, first, t, tuple(state))].append(p)
                 else:
@@ -314,6 +325,9 @@ class Optimizer(torch.optim.Optimizer):
                 lists = {key: TensorList(self.state[p][key] for p in ps) for key in keys}
                 s = self._symbols(lists, view=lambda l: TensorList(map(_real, l)))
                 self.update(TensorList(_real(p) for p in ps), TensorList(_real(p.grad) for p in ps), s, h, t=t, first=first)
+            for items in matrix_batches.values():
+                if len(items) == 1: self._update_matrix(*items[0][:3], h, *items[0][3:])   # alone: one matrix
+                else: self.update_matrices([item[:3] for item in items], h)
         return loss
 
 def _local_part(full: Tensor, shard) -> Tensor:

@@ -3,14 +3,12 @@
 # %% ../nbs/07_muon.ipynb #2b556a2b
 from __future__ import annotations
 import math
-from collections import defaultdict
-from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
 from torch import nn
 
-from .core import Optimizer, check_nonneg, check_range, off, _is_dtensor
+from .core import Optimizer, check_nonneg, check_range, off
 
 # %% auto #0
 __all__ = ['NS_COEFFICIENTS', 'ADJUST_LR', 'newton_schulz', 'lr_ratio', 'muon_update', 'Muon', 'muon_param_groups',
@@ -156,25 +154,13 @@ class Muon(Optimizer):
                     coefficients=tuple(group["ns_coefficients"]), ns_steps=group["ns_steps"], eps=group["eps"],
                     adjust_lr_fn=group["adjust_lr_fn"])
 
-    @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None):
-        "One step; with `foreach`, two or more matrices of a group that share shape, dtype and device go through one batched NS."
-        loss = self.evaluate(closure)
-        for group in self.param_groups:
-            h = self.hyper(group)
-            batches = defaultdict(list)
-            for p, g in self.params_with_grad(group):
-                state, first = self._state(p, group)
-                foreach = group.get("foreach")          # .get: a group loaded from torch's state_dict has no foreach
-                if foreach is None: foreach = p.device.type != "cpu"
-                if foreach and not _is_dtensor(p): batches[(p.shape, p.dtype, p.device)].append((p, g, state))
-                else: self._update_matrix(p, g, state, h, None, first)   # one matrix (a DTensor gathered whole)
-            for items in batches.values():
-                if len(items) == 1: self._update_matrix(*items[0][:3], h, None, False)   # alone: the one-matrix path
-                else: self._update_batch(items, h)
-        return loss
+    def matrix_batch_key(self, group, p):
+        "With `foreach` (default: off the CPU), matrices of one shape, dtype and device share one batched Newton–Schulz."
+        foreach = group.get("foreach")          # .get: a group loaded from torch's state_dict has no foreach
+        if foreach is None: foreach = p.device.type != "cpu"
+        return (p.shape, p.dtype, p.device) if foreach else None
 
-    def _update_batch(self, items: list, h: dict) -> None:
+    def update_matrices(self, items: list, h: dict) -> None:
         "The rule for several same-shape matrices: momentum one by one, Newton–Schulz once on the stack."
         ds = [_direction(g, s["momentum_buffer"], h["beta"], h["nesterov"]) for p, g, s in items]
         O = newton_schulz(torch.stack([d.reshape(len(d), -1) for d in ds]), h["coefficients"], h["ns_steps"], h["eps"])
