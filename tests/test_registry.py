@@ -658,6 +658,14 @@ def test_rule_compiles_and_lr_changes_recompile_nothing(entry, device):
     for a, b in zip(ps_c, ps_e): torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL)
 
 
+@ENTRIES
+def test_docstring_has_the_state_table_and_the_algorithm(entry):
+    "The checklist's docstring: the generated state-key ↔ symbol table, the algorithm in align*, and references."
+    doc = entry.cls.__doc__ or ""
+    assert "| state key | symbol | meaning |" in doc and "{state_table}" not in doc, f"{entry.name}: no state table"
+    assert "\\begin{align" in doc and "References" in doc, f"{entry.name}: the algorithm or the references are missing"
+
+
 def test_star_import_exports_every_optimizer():
     ns = {}
     exec("from optbook import *", ns)
