@@ -15,8 +15,9 @@ BIN     := .venv/bin
 # build that this machine kind keeps on disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
 # Debian packages: a CJK font for the figures' Chinese labels, Chromium and its driver for the page test,
-# Node/npm to fetch MathJax from the npm registry.
-DEB_PKGS := fonts-noto-cjk chromium chromium-driver
+# Node/npm to fetch MathJax from the npm registry, and the PostgreSQL server that the test of Optuna's
+# shared storage starts (chapter 10; it runs the server as the package's `postgres` user, never as root).
+DEB_PKGS := fonts-noto-cjk chromium chromium-driver postgresql
 MATHJAX := _mathjax/tex-chtml.js
 BOOK_OPTS := -W -n --keep-going
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
