@@ -369,3 +369,22 @@ def test_differentiable_message_points_to_torch_only_where_torch_has_it():
     with pytest.raises(ValueError, match=r"use torch\.optim for it"): SignSGD([torch.zeros(2)], differentiable=True)
     import optbook
     with pytest.raises(ValueError, match=r"use torch\.optim\.SGD for it"): optbook.SGD([torch.zeros(2)], differentiable=True)
+
+
+def test_import_optbook_loads_nothing_beyond_torch():
+    "Engineers import optbook in training jobs: it adds no top-level package to what `import torch` loads."
+    import subprocess, sys
+    code = ("import sys; import torch; before = {m.split('.')[0] for m in sys.modules}; "
+            "import optbook, optbook.{mods}; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} - before))")
+    import pathlib
+    mods = sorted(p.stem for p in pathlib.Path(optbook_dir()).glob("*.py")
+                  if p.stem not in {"__init__", "_modidx", "viz"})  # viz is the book's plotting module
+    out = subprocess.run([sys.executable, "-c", code.replace("optbook.{mods}", ", ".join(f"optbook.{m}" for m in mods))],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['optbook']", f"`import optbook` (and its optimizer, search and attack modules) also loaded {out}"
+
+
+def optbook_dir():
+    import optbook
+    return optbook.__path__[0]
