@@ -125,7 +125,7 @@ def pgd(model,                        # the classifier: inputs -> logits
         y: Tensor,                    # y: their labels (targeted: the labels to reach)
         eps: float,                   # ε: the ℓ∞ budget
         *,
-        alpha: float | None = None,   # α: the step size; None: 2.5·ε/steps (Madry et al.)
+        alpha: float | None = None,   # α: the step size; None: 2.5·ε/steps (a common rule of thumb)
         steps: int = 10,              # T: the number of projected steps
         random_start: bool = True,    # start from a uniform point of the ε-ball instead of x
         generator: torch.Generator | None = None,  # the random start's generator (any device); None: torch's global one
@@ -163,7 +163,7 @@ def cw(model,                         # the classifier: inputs -> logits
        x: Tensor,                     # x: clean inputs inside the box
        y: Tensor,                     # y: their labels (targeted: the labels to reach)
        *,
-       c: float = 1.0,                # c: the weight of the margin term against ‖δ‖²
+       c: float | Tensor = 1.0,       # c: the weight of the margin term against ‖δ‖²; or one per input, shape (N,)
        confidence: float = 0.0,       # γ: the margin to reach, the term is c·max(s, −γ)
        steps: int = 200,              # T: Adam steps
        lr: float = 0.01,              # η: Adam's learning rate on w
@@ -172,9 +172,14 @@ def cw(model,                         # the classifier: inputs -> logits
        check_input: bool = True,      # validate x (a device sync)
        progress: bool = False):       # show a tqdm bar over the steps
     "Carlini–Wagner ℓ2 attack: optbook's Adam minimizes ‖x' − x‖² + c·max(s(x'), −γ) over w, x' = lo + (hi − lo)(tanh w + 1)/2; the closest success seen per input (x where none)."
-    c, confidence, lr, box = check_budget("c", c), check_budget("confidence", confidence), check_budget("lr", lr), check_box(box)
+    confidence, lr, box = check_budget("confidence", confidence), check_budget("lr", lr), check_box(box)
     _check_steps(steps)
     if check_input: check_inputs(x, y, box)
+    if isinstance(c, Tensor) and c.dim() > 0:                                         # one c per input
+        if c.shape != x.shape[:1]: raise ValueError(f"Invalid c: a tensor c needs one value per input, shape {tuple(x.shape[:1])}, got {tuple(c.shape)}")
+        if check_input and not (torch.isfinite(c).all() and (c >= 0).all()): raise ValueError(f"Invalid c: {c} (every value must be finite and >= 0)")
+        c = c.detach().to(device=x.device, dtype=x.dtype)
+    else: c = check_budget("c", c)
     lo, hi = box
     x0 = x.detach()
     to_box = lambda w: lo + (hi - lo) * (torch.tanh(w) + 1) / 2

@@ -199,7 +199,7 @@ def cw_reference(model, x, y, c, confidence, steps, lr):
     return best
 
 
-@pytest.mark.parametrize("c, confidence", [(1.0, 0.0), (0.3, 0.5)])
+@pytest.mark.parametrize("c, confidence", [(1.0, 0.0), (0.3, 0.5), (torch.linspace(0.1, 3.0, 16, dtype=F64), 0.0)])
 def test_cw_equals_a_reference_loop_with_torch_adam_in_float64(digits, c, confidence):
     net, x, y = digits
     net64 = copy.deepcopy(net).to(F64)
@@ -211,6 +211,17 @@ def test_cw_equals_a_reference_loop_with_torch_adam_in_float64(digits, c, confid
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
     wrong = cw_reference(net64, x64, y16, c * 1.01, confidence, 60, 0.05)
     assert (ours - wrong).abs().max() > 1e-6                      # the comparison notices a different c
+
+
+def test_cw_takes_one_c_per_input(digits):
+    net, x, y = digits
+    assert torch.equal(cw(net, x[:20], y[:20], c=torch.full((20,), 0.7), steps=10), cw(net, x[:20], y[:20], c=0.7, steps=10))
+    mixed = cw(net, x[:20], y[:20], c=torch.tensor([0.0] * 10 + [5.0] * 10), steps=30, lr=0.1)
+    assert torch.equal(mixed[:10], x[:10]) and not torch.equal(mixed[10:], x[10:])   # c = 0: nothing pushes to the boundary
+    with pytest.raises(ValueError, match=r"Invalid c: a tensor c needs one value per input, shape \(20,\), got \(3,\)"):
+        cw(net, x[:20], y[:20], c=torch.ones(3))
+    with pytest.raises(ValueError, match=r"Invalid c: .*every value must be finite and >= 0"):
+        cw(net, x[:2], y[:2], c=torch.tensor([1.0, -1.0]))
 
 
 def snapshot(model):
