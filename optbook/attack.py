@@ -171,18 +171,19 @@ def cw(model,                         # the classifier: inputs -> logits
        targeted: bool = False,        # reach label y instead of leaving it
        check_input: bool = True,      # validate x (a device sync)
        progress: bool = False):       # show a tqdm bar over the steps
-    "Carlini–Wagner ℓ2 attack: optbook's Adam minimizes ‖x' − x‖² + c·max(s(x'), −γ) over w, x' = lo + (hi − lo)(tanh w + 1)/2; the closest success seen per input (x where none)."
+    "Carlini–Wagner ℓ2 attack: optbook's Adam minimizes ‖x' − x‖² + c·max(s(x'), −γ) in tanh space; the closest success per input (x if none)."
     confidence, lr, box = check_budget("confidence", confidence), check_budget("lr", lr), check_box(box)
     _check_steps(steps)
     if check_input: check_inputs(x, y, box)
     if isinstance(c, Tensor) and c.dim() > 0:                                         # one c per input
-        if c.shape != x.shape[:1]: raise ValueError(f"Invalid c: a tensor c needs one value per input, shape {tuple(x.shape[:1])}, got {tuple(c.shape)}")
+        if c.shape != x.shape[:1]:
+            raise ValueError(f"Invalid c: a tensor c needs one value per input, shape {tuple(x.shape[:1])}, got {tuple(c.shape)}")
         if check_input and not (torch.isfinite(c).all() and (c >= 0).all()): raise ValueError(f"Invalid c: {c} (every value must be finite and >= 0)")
         c = c.detach().to(device=x.device, dtype=x.dtype)
     else: c = check_budget("c", c)
     lo, hi = box
     x0 = x.detach()
-    to_box = lambda w: lo + (hi - lo) * (torch.tanh(w) + 1) / 2
+    to_box = lambda w: lo + (hi - lo) * (torch.tanh(w) + 1) / 2                     # x' = lo + (hi − lo)(tanh w + 1)/2
     w = torch.atanh(((x0 - lo) / (hi - lo) * 2 - 1) * (1 - 1e-6)).requires_grad_(True)   # x' ≈ x at the start
     opt = Adam([w], lr=lr)
     best, best_d2 = x0.clone(), torch.full(x0.shape[:1], math.inf, dtype=x0.dtype, device=x0.device)
