@@ -356,6 +356,17 @@ def test_fake_cuda_state_follows_the_input():
             evolve(sphere, torch.zeros(6, 3, device="cuda"), 2, generator=gen(0), progress=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_state_follows_the_dtype(dtype):
+    x0 = torch.randn(5, 3, generator=gen(0)).to(dtype)
+    r = anneal(sphere, x0, 4, schedule=1.0, step_size=0.1, generator=gen(1), keep_path=True, progress=False)
+    assert all(t.dtype == dtype for t in (r.x, r.f, r.best_x, r.best_f, r.accept_rate, r.fs, r.path))
+    e = evolve(sphere, x0, 3, generator=gen(1), keep_best=True, progress=False)
+    assert all(t.dtype == dtype for t in e)
+    w = torch.zeros(4, 6, dtype=dtype)
+    assert resample_one((-1, 0, 1))(w, gen(0)).dtype == dtype
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_runs_and_is_reproducible():
     x0 = torch.randn(64, 4, device="cuda")
