@@ -147,7 +147,7 @@ def anneal(f: Callable[[Tensor], Tensor],  # the loss: a (chains, dim) batch -> 
     return Annealed(x, fx, best_x, best_f, accepted.to(fx.dtype) / steps, torch.stack(fs),
                     torch.stack(path) if keep_path else None)
 
-# %% ../nbs/09_gradfree.ipynb #b294a5a7
+# %% ../nbs/09_gradfree.ipynb #5ff4ab06
 def tournament(losses: Tensor,   # (pop,) the losses of the population (lower is fitter)
                n: int,           # how many winners to pick
                *,
@@ -160,7 +160,7 @@ def tournament(losses: Tensor,   # (pop,) the losses of the population (lower is
     scores = losses.index_select(0, entrants.flatten()).view(n, size)
     return entrants.gather(1, scores.argmin(1, keepdim=True)).squeeze(1)
 
-# %% ../nbs/09_gradfree.ipynb #69734eb6
+# %% ../nbs/09_gradfree.ipynb #0c1b3e90
 def uniform_crossover(a: Tensor,  # (n, dim) first parents
                       b: Tensor,  # (n, dim) second parents
                       *, generator: torch.Generator | None = None) -> Tensor:
@@ -192,7 +192,7 @@ def gaussian_mutation(x: Tensor,     # (n, dim) the children
     hit = torch.rand(x.shape, generator=generator, device=x.device) < rate
     return x + hit * (sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype))
 
-# %% ../nbs/09_gradfree.ipynb #2e18f552
+# %% ../nbs/09_gradfree.ipynb #0c102561
 class Evolved(NamedTuple):
     "What `evolve` returns: the last population and its losses, the best member met, and per-generation statistics."
     pop: Tensor               # (pop, dim) the last generation
@@ -250,7 +250,7 @@ def evolve(f: Callable[[Tensor], Tensor],  # the loss: a (pop, dim) population -
     return Evolved(pop, losses, best_x, best_f, torch.stack(best_fs), torch.stack(mean_fs),
                    torch.stack(best_path) if keep_best else None)
 
-# %% ../nbs/09_gradfree.ipynb #efde887c
+# %% ../nbs/09_gradfree.ipynb #76d0047f
 def population_params(module: torch.nn.Module,  # the network whose parameters the rows hold, in `named_parameters()` order
                       pop: Tensor,              # (pop, d) flat parameter vectors, one member a row
                      ) -> dict[str, Tensor]:
