@@ -27,10 +27,13 @@ Three jobs:
    with `execute: run_in_temp`). The kernel is this venv's Python started through `colab_kernel`
    (`python optbook_book.py kernel -f CONNECTION_FILE`): before ipykernel starts it makes the
    development-only packages (`DEV_ONLY`) unimportable, as they are on Colab (`myst_nb` stays, for
-   `glue`, see `BOOK_ONLY`), drops the repository from sys.path, takes a fresh IPython
-   profile, and writes a record of itself (notebook, working directory, what it blocked) to
-   `_build/jupyter/runs/`, which tests/test_colab_run.py checks. That one execution is the book's
-   output, the notebooks' cell tests and the Colab check at once.
+   `glue`, see `BOOK_ONLY`), hides the packages Colab does not preinstall (`NOT_ON_COLAB`: Optuna,
+   lion-pytorch, psycopg2) until the notebook itself installs them with `pip` through `subprocess` (the
+   kernel runs that pip command for real, offline, and then lifts the block), drops the repository from
+   sys.path, takes a fresh IPython profile, and writes a record of itself (notebook, working directory,
+   what it blocked, what the notebook installed and in which cell) to `_build/jupyter/runs/`, which
+   tests/test_colab_run.py checks. That one execution is the book's output, the notebooks' cell tests and
+   the Colab check at once.
 
 3. At `build-finished` it writes `_build/exec_times.json`, each chapter's execution time and status
    from myst-nb's execution data; `python _ext/optbook_book.py exec-table` prints it (make does).
@@ -218,22 +221,162 @@ class _DevOnly:
         return None
 
 
+# Packages Colab does not preinstall (import name -> the pip distributions that provide it). In the book's kernel they
+# are absent, as on Colab, until the notebook itself installs one of those distributions with pip (see `_PipOnColab`):
+# a chapter that needs one must install it in its first cell, and tests/test_colab_run.py checks that it did and that
+# no other chapter so much as looked one up.
+NOT_ON_COLAB = {"optuna": ("optuna",), "lion_pytorch": ("lion-pytorch",), "psycopg2": ("psycopg2", "psycopg2-binary")}
+
+
+def _dist_name(name: str) -> str:
+    "A distribution name normalized as pip compares them (PEP 503)."
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+class _NotOnColab:
+    """The kernel's view of the packages Colab lacks: which are still hidden, which were looked up while hidden.
+
+    Hiding is done by `_Gated` wrappers around the meta-path finders present at start (PathFinder finds site-packages),
+    so that `importlib.util.find_spec(name)` returns None and `import name` raises ModuleNotFoundError, exactly what a
+    notebook meets on Colab. A raising finder (like `_DevOnly`) would not do: find_spec would raise instead of saying
+    None, and the install cell's `find_spec(...) is None` test would crash. The metadata stays visible
+    (`importlib.metadata.version` still answers); only imports are hidden."""
+    def __init__(self, hidden, on_change=lambda: None):
+        self.hidden, self.looked_up, self.on_change = set(hidden), [], on_change
+
+    def hides(self, name: str) -> bool:
+        top = name.partition(".")[0]
+        if top not in self.hidden: return False
+        if top not in self.looked_up:
+            self.looked_up.append(top)
+            self.on_change()
+        return True
+
+    def lift(self, dists) -> list:
+        "Unhide the import names that the distributions `dists` provide; returns them."
+        wanted = {_dist_name(d) for d in dists}
+        lifted = sorted(m for m in self.hidden if wanted & {_dist_name(d) for d in NOT_ON_COLAB[m]})
+        self.hidden -= set(lifted)
+        if lifted:
+            import importlib
+            importlib.invalidate_caches()
+        return lifted
+
+
+class _Gated:
+    "A meta-path finder that answers None for what `gate` hides and defers to the wrapped finder for everything else."
+    def __init__(self, finder, gate: _NotOnColab): self._finder, self._gate = finder, gate
+    def find_spec(self, name, path=None, target=None):
+        if self._gate.hides(name): return None
+        find = getattr(self._finder, "find_spec", None)
+        return find(name, path, target) if find is not None else None
+    def __getattr__(self, attr): return getattr(self._finder, attr)   # find_distributions, invalidate_caches, ...
+    def __repr__(self): return f"_Gated({self._finder!r})"
+
+
+# pip options that take a value in the next argument (so the value is not read as a requirement)
+_PIP_VALUE_OPTIONS = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i", "--index-url",
+                      "--extra-index-url", "-f", "--find-links", "-t", "--target", "--prefix", "--root", "--src",
+                      "--upgrade-strategy", "--platform", "--python-version", "--implementation", "--abi",
+                      "--no-binary", "--only-binary", "--progress-bar", "--log", "--cache-dir", "--proxy", "--retries",
+                      "--timeout", "--trusted-host", "--config-settings", "-C", "--report", "--exists-action"}
+
+
+def pip_install_requirements(cmd):
+    "The distribution names that `cmd`, a `[sys.executable, '-m', 'pip', 'install', ...]` list, installs; None for any other command."
+    if isinstance(cmd, (str, bytes)) or not isinstance(cmd, (list, tuple)) or len(cmd) < 4: return None
+    if [str(c) for c in cmd[:4]] != [sys.executable, "-m", "pip", "install"]: return None
+    names, args = [], [str(c) for c in cmd[4:]]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _PIP_VALUE_OPTIONS: i += 2; continue
+        if not arg.startswith("-"):
+            names.append(_dist_name(re.split(r"[\s\[<>=!~;@]", arg.strip(), maxsplit=1)[0]))
+        i += 1
+    return names
+
+
+class _PipOnColab:
+    """The kernel's `subprocess.check_call` and `subprocess.run` for `[sys.executable, "-m", "pip", "install", ...]`.
+
+    The notebook's own pip command runs for real, with `--no-index` added: a requirement that is already satisfied
+    (everything a chapter installs is a dev requirement of this venv) is reported as such without pip contacting any
+    index, with or without `--no-index` (checked by running pip against an unreachable index URL), and `--no-index` makes
+    sure the book build never downloads: a requirement the venv lacks fails the cell instead. The pip version check and
+    the root-user warning are switched off so that pip writes nothing to stderr. When pip succeeds, the packages it
+    named are lifted from the `_NotOnColab` gate; each call is logged (command, the calling cell's source, exit code, what it unhid)
+    in the run record. Any other command goes to the real function untouched."""
+    def __init__(self, gate: _NotOnColab, log: list, on_change=lambda: None):
+        import subprocess
+        self.gate, self.log, self.on_change, self.subprocess = gate, log, on_change, subprocess
+        self.real_run, self.real_check_call = subprocess.run, subprocess.check_call
+
+    def install(self):
+        self.subprocess.run, self.subprocess.check_call = self.run, self.check_call
+
+    def _pip(self, cmd, names, capture: bool):
+        env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"}
+        ran = [str(c) for c in cmd] + ["--no-index"]
+        done = self.real_run(ran, env=env, capture_output=True, text=True)
+        if not capture:                                  # what pip printed goes where the notebook shows it
+            sys.stdout.write(done.stdout); sys.stderr.write(done.stderr)
+        lifted = self.gate.lift(names) if done.returncode == 0 else []
+        try:                                             # the source of the cell that called pip: the execute request's code
+            from IPython import get_ipython
+            cell = get_ipython().kernel.get_parent()["content"]["code"]
+        except Exception:
+            cell = None
+        self.log.append({"command": [str(c) for c in cmd], "ran": ran, "cell": cell, "returncode": done.returncode,
+                         "requirements": names, "unhidden": lifted})
+        self.on_change()
+        return self.subprocess.CompletedProcess(cmd, done.returncode, done.stdout if capture else None,
+                                                done.stderr if capture else None)
+
+    def check_call(self, cmd, *args, **kwargs):
+        names = pip_install_requirements(cmd)
+        if names is None: return self.real_check_call(cmd, *args, **kwargs)
+        done = self._pip(cmd, names, capture=False)
+        if done.returncode: raise self.subprocess.CalledProcessError(done.returncode, cmd)
+        return 0
+
+    def run(self, cmd, *args, **kwargs):
+        names = pip_install_requirements(cmd)
+        if names is None: return self.real_run(cmd, *args, **kwargs)
+        capture = bool(kwargs.get("capture_output")) or kwargs.get("stdout") is not None
+        done = self._pip(cmd, names, capture=capture)
+        if kwargs.get("check") and done.returncode:
+            raise self.subprocess.CalledProcessError(done.returncode, cmd, done.stdout, done.stderr)
+        return done
+
+
 def colab_kernel(argv):
-    "Start ipykernel as Colab would give it: no dev-only packages, no repository on sys.path, a fresh profile."
+    """Start ipykernel as Colab would give it: no dev-only packages, none of NOT_ON_COLAB until the notebook installs
+    it with pip, no repository on sys.path, a fresh profile; the run record says what was blocked and installed."""
     here = str(pathlib.Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p and pathlib.Path(p).resolve() != pathlib.Path(here)]
+    runs = os.environ.get("OPTBOOK_KERNEL_RUNS")
+    doc = os.environ.get("OPTBOOK_DOCNAME") or f"unknown-{os.getpid()}"
+    out = pathlib.Path(runs) / (doc.replace("/", "__") + ".json") if runs else None
+    record = {}
+    def save():
+        if out is not None: out.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    gate = _NotOnColab(NOT_ON_COLAB, on_change=save)
+    sys.meta_path[:] = [_Gated(f, gate) for f in sys.meta_path]
     sys.meta_path.insert(0, _DevOnly())
     blocked = {}
     for mod in DEV_ONLY:
         try: __import__(mod); blocked[mod] = False
         except ModuleNotFoundError: blocked[mod] = True
-    runs = os.environ.get("OPTBOOK_KERNEL_RUNS")
-    if runs:
-        doc = os.environ.get("OPTBOOK_DOCNAME") or f"unknown-{os.getpid()}"
-        record = {"docname": doc, "kernel": KERNEL, "cwd": os.getcwd(), "python": sys.executable,
-                  "pid": os.getpid(), "started": time.time(), "dev_only_blocked": blocked}
-        out = pathlib.Path(runs) / (doc.replace("/", "__") + ".json")
-        out.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    import importlib.util
+    hidden = {mod: importlib.util.find_spec(mod) is None for mod in NOT_ON_COLAB}
+    gate.looked_up.clear()                               # the probe above is ours, not the notebook's
+    installs = []
+    _PipOnColab(gate, installs, on_change=save).install()
+    record.update({"docname": doc, "kernel": KERNEL, "cwd": os.getcwd(), "python": sys.executable,
+                   "pid": os.getpid(), "started": time.time(), "dev_only_blocked": blocked,
+                   "not_on_colab_hidden": hidden, "looked_up_while_hidden": gate.looked_up, "pip_installs": installs})
+    save()
     from ipykernel.kernelapp import launch_new_instance
     launch_new_instance(argv=argv)
 

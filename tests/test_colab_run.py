@@ -57,6 +57,31 @@ def test_ran_in_the_colab_kernel(doc):
     assert ROOT not in [cwd, *cwd.parents], f"{doc} ran in {cwd}, inside the repository (want run_in_temp)"
 
 
+# The chapters that need a package Colab does not preinstall, and what they install (import names of NOT_ON_COLAB).
+INSTALLS = {"nbs/10_search": ("optuna",)}
+
+
+@pytest.mark.book
+@pytest.mark.parametrize("doc", NOTEBOOKS)
+def test_packages_colab_lacks_are_installed_by_the_notebook_itself(doc):
+    "Optuna (and the rest of NOT_ON_COLAB) was not importable when the kernel started; a chapter that uses it installed it in its first cell."
+    run = json.loads((BUILD / "jupyter" / "runs" / (doc.replace("/", "__") + ".json")).read_text(encoding="utf-8"))
+    assert run["not_on_colab_hidden"] == {m: True for m in optbook_book.NOT_ON_COLAB}, run["not_on_colab_hidden"]
+    wanted = INSTALLS.get(doc, ())
+    if not wanted:
+        assert run["pip_installs"] == [] and run["looked_up_while_hidden"] == [], \
+            f"{doc} looked up or installed a package Colab lacks: {run['looked_up_while_hidden']}, {run['pip_installs']}"
+        return
+    unhidden = {m: i for i in run["pip_installs"] for m in i["unhidden"]}
+    first = optbook_book.clean_notebook(nbformat.read(ROOT / f"{doc}.ipynb", as_version=4))
+    first = next(c.source for c in first.cells if c.cell_type == "code")
+    for mod in wanted:
+        assert mod in unhidden, f"{doc}: {mod} was never installed by the notebook: {run['pip_installs']}"
+        assert unhidden[mod]["cell"] == first, f"{doc}: {mod} was installed by another cell than the first: {unhidden[mod]}"
+        assert unhidden[mod]["returncode"] == 0, unhidden[mod]
+    assert set(run["looked_up_while_hidden"]) <= set(wanted), run["looked_up_while_hidden"]
+
+
 @pytest.mark.book
 @pytest.mark.parametrize("doc", NOTEBOOKS)
 def test_executed_notebook_is_clean(doc):
@@ -80,7 +105,7 @@ def test_downloadable_notebook_keeps_its_kernel(doc):
 
 
 def test_colab_kernel_blocks_dev_packages(tmp_path, monkeypatch):
-    "Start the optbook-colab kernel as the build does and look around inside it."
+    "Start the optbook-colab kernel as the build does and look around inside it: what it blocks, and pip lifting a block."
     monkeypatch.setenv("JUPYTER_PATH", "")
     monkeypatch.setenv("OPTBOOK_DOCNAME", "nbs/probe")
     optbook_book.install_kernel(tmp_path)
@@ -94,6 +119,18 @@ def test_colab_kernel_blocks_dev_packages(tmp_path, monkeypatch):
         "assert importlib.util.find_spec('optbook_book') is None",
         "import torch, optbook, matplotlib  # what the chapters need is there",
         "assert os.environ['IPYTHONDIR'].endswith('ipython')",
+        # what Colab does not preinstall is absent, as there: find_spec says None, import fails ...
+        *[f"assert importlib.util.find_spec('{m}') is None\ntry:\n    import {m}\nexcept ModuleNotFoundError:\n    pass\n"
+          f"else:\n    raise AssertionError('{m} is importable')" for m in optbook_book.NOT_ON_COLAB],
+        # ... until the notebook installs it with pip (run for real, offline); then it imports, and nothing else does
+        "import subprocess\nsubprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', 'optuna'])",
+        "import optuna\nassert importlib.util.find_spec('optuna') is not None\n"
+        "assert importlib.util.find_spec('lion_pytorch') is None and importlib.util.find_spec('psycopg2') is None",
+        "done = subprocess.run([sys.executable, '-m', 'pip', 'install', 'psycopg2-binary'], capture_output=True, text=True, check=True)\n"
+        "assert 'already satisfied' in done.stdout\nimport psycopg2",
+        "try:\n    subprocess.check_call([sys.executable, '-m', 'pip', 'install', '-q', 'no-such-package-optbook'])\n"
+        "except subprocess.CalledProcessError:\n    pass\nelse:\n    raise AssertionError('pip offline cannot install a missing package')",
+        "assert subprocess.run(['true']).returncode == 0   # other commands are untouched",
     ]
     # first, the namespace as a chapter finds it: nothing of the launcher (sys, the blocker) leaks into it
     cells = ["print(sorted(k for k in dir() if not k.startswith('_')))"] + checks
@@ -102,3 +139,22 @@ def test_colab_kernel_blocks_dev_packages(tmp_path, monkeypatch):
     assert set(eval(nb.cells[0].outputs[0]["text"])) <= {"In", "Out", "exit", "get_ipython", "open", "quit"}
     record = json.loads((tmp_path / "jupyter" / "runs" / "nbs__probe.json").read_text(encoding="utf-8"))
     assert record["cwd"] == str(work) and all(record["dev_only_blocked"].values())
+    assert record["not_on_colab_hidden"] == {m: True for m in optbook_book.NOT_ON_COLAB}
+    assert record["looked_up_while_hidden"] == list(optbook_book.NOT_ON_COLAB)
+    pip = {tuple(i["requirements"]): i for i in record["pip_installs"]}
+    cell = lambda text: next(i for i, c in enumerate(nb.cells) if text in c.source)
+    assert pip[("optuna",)]["unhidden"] == ["optuna"] and pip[("optuna",)]["returncode"] == 0
+    assert pip[("optuna",)]["cell"] == nb.cells[cell("'-q', 'optuna'")].source and pip[("optuna",)]["ran"][-1] == "--no-index"
+    assert pip[("psycopg2-binary",)]["unhidden"] == ["psycopg2"]
+    assert pip[("no-such-package-optbook",)]["returncode"] != 0 and pip[("no-such-package-optbook",)]["unhidden"] == []
+    assert not any(o.get("name") == "stderr" for c in nb.cells[:cell("'-q', 'optuna'") + 1] for o in c.outputs), \
+        "pip wrote to stderr: the book would fail the chapter"
+
+
+def test_pip_install_requirements_reads_names_not_option_values():
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "-i", "http://mirror/simple", "Lion_PyTorch>=0.2",
+           "optbook @ git+https://github.com/optbook/optbook@v0.1.0", "psycopg2-binary[extra]", "-r", "reqs.txt"]
+    assert optbook_book.pip_install_requirements(cmd) == ["lion-pytorch", "optbook", "psycopg2-binary"]
+    assert optbook_book.pip_install_requirements(["pip", "install", "optuna"]) is None      # not this interpreter's pip
+    assert optbook_book.pip_install_requirements("pip install optuna") is None
+    assert optbook_book.pip_install_requirements([sys.executable, "-m", "pip", "uninstall", "optuna"]) is None

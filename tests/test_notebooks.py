@@ -203,3 +203,29 @@ def test_book_only_imports_have_a_fallback(path):
             for name in names:
                 if name.split(".")[0] in NOTEBOOK_ONLY_IN_BOOK:
                     assert id(node) in guarded, f"{path.name}, code cell {i}: `import {name}` needs a fallback on ImportError"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_packages_colab_lacks_are_installed_by_the_first_cell(path, monkeypatch):
+    "A notebook that imports a package Colab does not preinstall (optbook_book.NOT_ON_COLAB) installs it in its first cell, only when missing, never touching torch."
+    import ast, importlib.util
+    cells = code_cells(path)
+    used = set()
+    for c in cells[1:]:
+        tree = ast.parse("\n".join(ln for ln in c.source.splitlines() if not ln.lstrip().startswith(("%", "!"))))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            used |= {n.split(".")[0] for n in names} & set(optbook_book.NOT_ON_COLAB)
+    calls = []
+    monkeypatch.setitem(sys.modules, "subprocess", types.SimpleNamespace(check_call=lambda cmd: calls.append(cmd)))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in optbook_book.NOT_ON_COLAB else real_find_spec(name, *a))
+    exec(cells[0].source, {})                     # as on Colab: none of NOT_ON_COLAB is there
+    installed = {optbook_book.pip_install_requirements(cmd)[0] for cmd in calls}
+    for mod in used:
+        dists = {d.lower() for d in optbook_book.NOT_ON_COLAB[mod]}
+        assert installed & dists, f"{path.name} imports {mod} but its first cell does not install it"
+    assert not any("torch" in part for cmd in calls for part in cmd), "never reinstall torch over Colab's"
+    assert len(installed) == len(calls) and not installed - {"plotly"} - {d for m in used for d in optbook_book.NOT_ON_COLAB[m]}, \
+        f"{path.name}'s first cell installs {installed}, more than the notebook imports"
