@@ -12,7 +12,8 @@ and say so.
   ends, so workers that start trials at the same moment can overshoot.) Each worker logs the trials it completed;
   the two logs are disjoint and their union is the database's set of completed trials, numbered 0..2K-1.
 - A worker killed with SIGKILL inside its objective leaves a RUNNING trial behind. With Optuna's heartbeat
-  (heartbeat_interval=1, grace_period=2) the next optimize() marks it FAIL, RetryHeartbeatStaleTrialCallback queues it again
+  (heartbeat_interval=1; grace_period=2 for the process that resumes the study, 60 for the workers, so that a slow
+  machine never makes a live worker's trial look stale) the next optimize() marks it FAIL, RetryHeartbeatStaleTrialCallback queues it again
   with the same parameters, the requested trials complete, and best_trial works.
 """
 import json, os, pathlib, pwd, shutil, signal, socket, subprocess, sys, tempfile, textwrap, time, warnings
@@ -21,7 +22,9 @@ import pytest
 
 from conftest import ROOT
 
-PG_BIN = pathlib.Path("/usr/lib/postgresql/15/bin")
+# Debian's server binaries live under /usr/lib/postgresql/<major>/bin (15 on bookworm, 16 on Ubuntu 24.04): the newest
+PG_BIN = max((p.parent for p in pathlib.Path("/usr/lib/postgresql").glob("*/bin/initdb")),
+             key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, default=pathlib.Path("/usr/lib/postgresql/15/bin"))
 USER, DB = "optbook", "optuna"
 K = 6                                    # trials per worker
 
@@ -73,8 +76,8 @@ WORKER = textwrap.dedent('''
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url, study_name, n_trials, log, mode, seed = sys.argv[1:7]
 
-    def storage():
-        return optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=2,
+    def storage():   # grace 60 s: only a minute-long stall could make a live trial look stale (the checker uses 2 s)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=1, grace_period=60,
                                           heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
 
     def objective(hp, report):
