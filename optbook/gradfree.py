@@ -71,12 +71,14 @@ def _check_generator(generator, x: Tensor):
                          f"use torch.Generator(device={x.device.type!r})")
 
 def _losses(f: Callable, x: Tensor) -> Tensor:
-    "`f(x)`, checked to be one loss per row of `x`."
+    "`f(x)`, checked to be one floating-point loss per row of `x`, on `x`'s device; a nan loss becomes +inf (the worst)."
     out = f(x)
     if not isinstance(out, Tensor) or out.shape != x.shape[:1]:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"f must map a ({x.shape[0]}, dim) batch to ({x.shape[0]},) losses, got {got}")
-    return out
+    if not out.is_floating_point(): raise ValueError(f"f must return floating-point losses, got {out.dtype}")
+    if out.device != x.device: raise ValueError(f"f must return its losses on {x.device}, got them on {out.device}")
+    return out.masked_fill(out.isnan(), math.inf)   # nan would lose every comparison yet win argmin: make it the worst
 
 def gaussian_proposal(step_size: float,  # σ > 0: the standard deviation of the move in every coordinate
                      ) -> Callable:
@@ -84,7 +86,7 @@ def gaussian_proposal(step_size: float,  # σ > 0: the standard deviation of the
     if not step_size > 0: raise ValueError(f"step_size must be > 0, got {step_size!r}")
     return lambda x, generator=None: x + step_size * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-def resample_one(values: Sequence[float],  # the K >= 2 allowed values of every coordinate, e.g. (-1, 0, 1)
+def resample_one(values: Sequence[float],  # the K >= 2 allowed values of every coordinate, e.g. (-1, 0, 1); x must hold only these
                 ) -> Callable:
     "Propose θ' = θ with one random coordinate per chain set to a random *other* allowed value: `(x, generator) -> x'`."
     vals = sorted(set(float(v) for v in values))
@@ -108,7 +110,7 @@ class Annealed(NamedTuple):
     fs: Tensor            # (steps + 1, chains) the loss of the current state after each step (row 0: the start)
     path: Tensor | None   # (steps + 1, chains, dim) the states after each step, when `keep_path`
 
-def anneal(f: Callable[[Tensor], Tensor],  # the loss: a (chains, dim) batch -> (chains,) losses; needs no gradient
+def anneal(f: Callable[[Tensor], Tensor],  # the loss: a (chains, dim) batch -> (chains,) float losses, nan counting as +inf; no gradient needed
            x0: Tensor,                     # θ₀: (chains, dim) starting states, one row a chain; sets device and dtype
            steps: int,                     # T >= 1: the number of Metropolis steps
            *,
@@ -148,7 +150,7 @@ def anneal(f: Callable[[Tensor], Tensor],  # the loss: a (chains, dim) batch -> 
                     torch.stack(path) if keep_path else None)
 
 # %% ../nbs/09_gradfree.ipynb #5ff4ab06
-def tournament(losses: Tensor,   # (pop,) the losses of the population (lower is fitter)
+def tournament(losses: Tensor,   # (pop,) the losses of the population (lower is fitter; nan is the worst)
                n: int,           # how many winners to pick
                *,
                size: int = 2,    # k >= 1: the members drawn (with replacement) for each tournament; 1 is a uniform draw
@@ -156,15 +158,24 @@ def tournament(losses: Tensor,   # (pop,) the losses of the population (lower is
               ) -> Tensor:
     "Tournament selection: n tournaments of `size` random members each; the (n,) indices of the winners (lowest loss)."
     _check_int("size", size); _check_int("n", n, 0)
+    if losses.dim() != 1 or losses.numel() == 0:
+        raise ValueError(f"losses must have shape (pop,) with pop >= 1, got shape {tuple(losses.shape)}")
     entrants = torch.randint(losses.shape[0], (n, size), generator=generator, device=losses.device)
     scores = losses.index_select(0, entrants.flatten()).view(n, size)
+    scores = scores.masked_fill(scores.isnan(), math.inf)          # a nan loss is the worst, not a winner
     return entrants.gather(1, scores.argmin(1, keepdim=True)).squeeze(1)
 
 # %% ../nbs/09_gradfree.ipynb #0c1b3e90
+def _check_parents(a: Tensor, b: Tensor):
+    "Raise a `ValueError` unless `a` and `b` are (n, dim) tensors of the same shape (no silent broadcasting)."
+    if a.dim() != 2 or a.shape != b.shape:
+        raise ValueError(f"the parents must have the same shape (n, dim), got {tuple(a.shape)} and {tuple(b.shape)}")
+
 def uniform_crossover(a: Tensor,  # (n, dim) first parents
                       b: Tensor,  # (n, dim) second parents
                       *, generator: torch.Generator | None = None) -> Tensor:
     "Uniform crossover: every coordinate of each child comes from parent a or from parent b, each with probability 1/2."
+    _check_parents(a, b)
     take_a = torch.rand(a.shape, generator=generator, device=a.device) < 0.5
     return torch.where(take_a, a, b)
 
@@ -172,6 +183,7 @@ def one_point_crossover(a: Tensor,  # (n, dim) first parents, dim >= 2
                         b: Tensor,  # (n, dim) second parents
                         *, generator: torch.Generator | None = None) -> Tensor:
     "One-point crossover: each child is a[:c] followed by b[c:], with its own random cut c in 1..dim−1."
+    _check_parents(a, b)
     n, d = a.shape
     if d < 2: raise ValueError(f"one-point crossover needs dim >= 2, got dim {d}")
     cut = torch.randint(1, d, (n, 1), generator=generator, device=a.device)
@@ -205,7 +217,7 @@ class Evolved(NamedTuple):
 
 _CROSSOVERS = {"uniform": uniform_crossover, "one_point": one_point_crossover}
 
-def evolve(f: Callable[[Tensor], Tensor],  # the loss: a (pop, dim) population -> (pop,) losses, lower is fitter
+def evolve(f: Callable[[Tensor], Tensor],  # the loss: a (pop, dim) population -> (pop,) float losses, lower is fitter, nan = +inf
            pop0: Tensor,                   # Θ₀: (pop, dim) the first generation, pop >= 2; sets device and dtype
            generations: int,               # G >= 1: the number of generations bred after the first
            *,

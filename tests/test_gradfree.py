@@ -7,6 +7,8 @@
   greedy at 𝒯 = 0, the discrete proposal changes exactly one coordinate to another allowed value;
 - GA operators: tournament winners are the best of their entrants, k = 2 selection frequencies, uniform and one-point
   crossover take every coordinate from a parent, mutation rate and size statistics; `evolve`'s elitism, seeds, errors;
+- nan losses count as +inf: a nan member never wins a tournament against a finite one nor becomes the best, a chain
+  leaves a nan start; integer losses and losses on another device are refused;
 - `population_forward` (functional_call + vmap) equals a loop over members;
 - devices: state follows x0 / pop0 under FakeTensorMode "cuda", a CPU generator with CUDA tensors is refused, a real
   CUDA run when there is a GPU.
@@ -233,6 +235,9 @@ def test_tournament_selection_frequencies():
     assert (freq - expected).abs().max() < 4 * math.sqrt(0.25 / n)
     assert tournament(losses, 0, generator=gen(0)).shape == (0,)
     with pytest.raises(ValueError, match=r"size must be an int >= 1, got 0"): tournament(losses, 3, size=0)
+    with pytest.raises(ValueError, match=r"losses must have shape \(pop,\) with pop >= 1, got shape \(0,\)"):
+        tournament(torch.zeros(0), 3)
+    with pytest.raises(ValueError, match=r"losses must have shape \(pop,\)"): tournament(torch.zeros(3, 2), 3)
 
 
 def test_crossovers_take_each_coordinate_from_a_parent():
@@ -248,6 +253,9 @@ def test_crossovers_take_each_coordinate_from_a_parent():
     cuts = src.sum(1)
     assert set(cuts.tolist()) == set(range(1, 12))                  # every cut 1..dim−1 occurs
     with pytest.raises(ValueError, match="dim >= 2"): one_point_crossover(a[:, :1], b[:, :1])
+    for cross in (uniform_crossover, one_point_crossover):                 # no silent broadcasting of a single parent
+        with pytest.raises(ValueError, match=r"the parents must have the same shape \(n, dim\), got \(3000, 12\) and \(1, 12\)"):
+            cross(a, b[:1])
 
 
 def test_mutation_statistics_and_errors():
@@ -267,7 +275,8 @@ def test_mutation_statistics_and_errors():
 def test_evolve_elitism_keeps_the_best_unchanged():
     pop0 = torch.randn(30, 10, generator=gen(0), **F64) * 3
     e = evolve(sphere, pop0, 60, elite=1, keep_best=True, generator=gen(1), progress=False)
-    assert isinstance(e, Evolved) and e.best_path.shape == (61, 10)
+    assert isinstance(e, Evolved) and e.best_path.shape == (61, 10) and e.pop.shape == pop0.shape
+    assert e.losses.shape == (30,) and e.best_fs.shape == e.mean_fs.shape == (61,)
     assert (e.best_fs.diff() <= 0).all() and torch.equal(sphere(e.best_path), e.best_fs)
     assert any(torch.equal(e.best_path[-2], row) for row in e.pop)
     assert torch.equal(sphere(e.pop), e.losses) and torch.equal(e.best_f, e.best_fs.min())
@@ -282,7 +291,10 @@ def test_evolve_seeds_and_options():
     assert run(3, crossover="one_point").best_f <= sphere(pop0).min()
     custom = run(3, crossover=lambda m, f, generator=None: (m + f) / 2)      # blend crossover
     assert custom.best_f <= sphere(pop0).min()
-    assert (run(3, elite=0, rate=1.0, sigma=2.0).best_fs.diff() > 0).any()   # without elites the best can get worse
+    no_elite = run(3, elite=0, rate=1.0, sigma=2.0)
+    assert (no_elite.best_fs.diff() > 0).any()                              # without elites the best can get worse ...
+    assert torch.equal(no_elite.best_f, no_elite.best_fs.min()) and no_elite.best_f < no_elite.best_fs[-1]
+    assert torch.equal(sphere(no_elite.best_x[None])[0], no_elite.best_f)  # ... but best_x/best_f are the best of all generations
     assert torch.equal(pop0, torch.randn(12, 5, generator=gen(0), **F64))    # pop0 untouched
 
 
@@ -302,6 +314,49 @@ def test_evolve_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         evolve(sphere, args.pop("pop0"), args.pop("generations"), **args)
+
+
+# ---------------------------------------------------------------- nan, integer and misplaced losses
+def test_tournament_never_prefers_a_nan():
+    losses = torch.tensor([0.3, math.nan, -0.2, 1.0, math.nan], **F64)
+    win = tournament(losses, 2000, size=2, generator=gen(0))
+    entrants = torch.randint(5, (2000, 2), generator=gen(0))
+    finite = losses[entrants].isfinite()
+    assert (~finite.any(1)).any() and finite.any(1).any()               # both kinds of tournaments occur
+    assert losses[win[finite.any(1)]].isfinite().all()                   # a finite entrant always beats a nan
+    assert torch.equal(losses[win[finite.any(1)]], losses[entrants].nan_to_num(math.inf).min(1).values[finite.any(1)])
+
+
+def test_evolve_treats_nan_as_the_worst_loss():
+    f = lambda P: torch.where(P[:, 0] > 1, math.nan, sphere(P))          # a region where the loss is undefined
+    pop0 = torch.randn(20, 3, generator=gen(0), **F64)
+    pop0[:5, 0] = 5.0                                                    # a quarter of the first generation is nan
+    e = evolve(f, pop0, 30, elite=1, keep_best=True, generator=gen(1), progress=False)
+    assert e.best_f.isfinite() and e.best_fs.isfinite().all() and (e.best_fs.diff() <= 0).all()
+    assert e.best_f <= sphere(pop0[5:]).min() and f(e.best_x[None]).isfinite().all()
+    assert (e.losses.isinf() == f(e.pop).isnan()).all()                  # nan losses are reported as +inf
+
+
+def test_anneal_leaves_a_nan_start_and_rejects_nan_proposals():
+    f = lambda x: torch.where(x[:, 0] > 0, math.nan, sphere(x))
+    r = anneal(f, torch.full((8, 2), 0.1, **F64), 40, schedule=1.0, step_size=0.5, generator=gen(0), progress=False)
+    assert r.fs[0].isinf().all() and r.fs[-1].isfinite().all() and (r.x[:, 0] <= 0).all()
+    moved = r.fs[:-1].isfinite()                                         # once finite, a chain never goes back to nan
+    assert r.fs[1:][moved].isfinite().all()
+
+
+def test_losses_must_be_floating_point_and_on_the_device():
+    x = torch.zeros(4, 2, **F64)
+    with pytest.raises(ValueError, match="f must return floating-point losses, got torch.int64"):
+        anneal(lambda x: (x > 0).sum(1), x, 3, schedule=1.0, step_size=0.1, progress=False)
+    with pytest.raises(ValueError, match="floating-point"):
+        evolve(lambda x: (x > 0).sum(1), x, 3, progress=False)
+    with FakeTensorMode():
+        xc = torch.zeros(4, 2, device="cuda")
+        with pytest.raises(ValueError, match="f must return its losses on cuda"):
+            anneal(lambda x: torch.zeros(4), xc, 3, schedule=1.0, step_size=0.1, progress=False)
+        with pytest.raises(ValueError, match="f must return its losses on cuda"):
+            evolve(lambda x: torch.zeros(4), xc, 3, progress=False)
 
 
 # ---------------------------------------------------------------- population forward
