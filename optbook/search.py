@@ -33,7 +33,7 @@ def optimizer_objective(make: Callable,       # make(params, **hp) -> an optbook
                                   torch.nn.Linear(hidden, int(y.max()) + 1))
         with torch.no_grad():
             for p in net.parameters(): p.copy_(torch.empty_like(p).uniform_(-1, 1, generator=gen) / p.shape[-1] ** 0.5)
-        net.to(X.device)
+        net.to(device=X.device, dtype=X.dtype)            # the data's device and dtype (float64 data: a float64 net)
         opt = make(net.parameters(), **hp)
         for t in range(1, steps + 1):
             opt.zero_grad()
@@ -164,6 +164,7 @@ def _check_bounds(bounds: Tensor) -> Tensor:
     if bounds.ndim != 2 or bounds.shape[1] != 2 or bounds.shape[0] < 1:
         raise ValueError(f"bounds must be (D, 2) rows of (low, high), got shape {tuple(bounds.shape)}")
     if not torch.is_floating_point(bounds): raise ValueError(f"bounds must be floating point, got {bounds.dtype}")
+    if not bool(bounds.isfinite().all()): raise ValueError(f"bounds must be finite, got {bounds.tolist()}")
     if not bool((bounds[:, 0] < bounds[:, 1]).all()): raise ValueError(f"every low must be below its high, got {bounds.tolist()}")
     return bounds
 
@@ -188,7 +189,7 @@ def bayes_opt(f: Callable,                 # f(x) -> float, x a (D,) tensor insi
               noise: float = 1e-6,         # σ²_noise of the GP on standardized y
               seed: int = 0,               # seeds the initial design and the candidates
               progress: bool = False) -> BayesOptResult:
-    "Minimize `f` over a box: a few random points, then each point maximizes EI under a GP fitted to all so far."
+    "Minimize `f` over a box: a few random points, then each point maximizes EI under a GP fitted to all so far; a value that is not finite (a diverged run) counts as the worst one seen."
     _check_bounds(bounds)
     for name, v in (("n_iter", n_iter), ("n_init", n_init), ("n_candidates", n_candidates)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "n_iter" else 1):
@@ -200,6 +201,12 @@ def bayes_opt(f: Callable,                 # f(x) -> float, x a (D,) tensor insi
     ys = [float(f(low + width * u)) for u in U]
     for _ in _progress(range(n_iter), progress, desc="bayes_opt"):
         y = torch.tensor(ys, dtype=bounds.dtype, device=bounds.device)
+        finite = y.isfinite()
+        if not bool(finite.any()):                             # nothing to model yet: one more random point
+            U = torch.cat([U, draw(1)])
+            ys.append(float(f(low + width * U[-1])))
+            continue
+        y = torch.where(finite, y, y[finite].max())            # inf or NaN (a diverged run): the worst value seen
         gp = bo_model(low + width * U, y, bounds, noise)
         best = int(y.argmin())
         near = U[best] + 0.05 * torch.randn(n_candidates // 4, U.shape[1], generator=gen, dtype=torch.float64).to(U)
@@ -210,7 +217,7 @@ def bayes_opt(f: Callable,                 # f(x) -> float, x a (D,) tensor insi
         ys.append(float(f(low + width * U[-1])))
     y = torch.tensor(ys, dtype=bounds.dtype, device=bounds.device)
     X = low + width * U
-    i = int(y.argmin())
+    i = int(torch.where(y.isnan(), torch.inf, y).argmin())    # argmin would pick a NaN
     return BayesOptResult(X, y, X[i], float(y[i]), n_init)
 
 # %% ../nbs/10_search.ipynb #1bbbb43e

@@ -5,11 +5,14 @@
   its log marginal likelihood is the multivariate normal's log density;
 - expected improvement equals the closed form written with SciPy's normal, a Monte Carlo estimate, and its σ → 0 limit,
   with finite gradients at σ = 0;
-- `bayes_opt` is reproducible by seed, stays in its box, follows the box's device and dtype, and finds the minimum of
-  a smooth function; bad boxes and counts are refused by name;
+- `bayes_opt` is reproducible by seed, stays in its box, follows the box's device and dtype, finds the minimum of
+  a smooth function, does not depend on the scale of f (μ₀, s², σ²_noise, ξ and the jitter are all relative to y's
+  spread: scaling f by a power of two gives the same points), and survives diverged runs (inf, NaN); bad boxes
+  (including infinite ones) and counts are refused by name;
 - `tune` runs a real Optuna study: reproducible with a seeded sampler, pruned trials exactly when a pruner is on, a
   study persisted in SQLite and resumed, a clear ImportError when Optuna is missing, and `import optbook.search`
-  never imports Optuna (checked in a fresh interpreter);
+  never imports Optuna (checked in a fresh interpreter); each kind of spec becomes the Optuna distribution it names;
+- `optimizer_objective` reports on schedule, is deterministic, and follows the data's dtype (a float64 net for float64 data);
 - the whole module runs on fake CUDA tensors (FakeTensorMode) and, where a GPU exists, on a real one.
 """
 import math, subprocess, sys
@@ -369,3 +372,62 @@ def test_importing_optbook_search_does_not_import_optuna():
             "bad = [m for m in ('optuna', 'sqlalchemy', 'matplotlib', 'sympy', 'scipy', 'sklearn') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------- review additions
+
+def test_bayes_opt_survives_diverged_runs():
+    "optimizer_objective returns inf for a diverged run: the GP must see the worst finite value, never inf or NaN."
+    def f(x):
+        if x[0] > 0.5: return math.inf           # "diverged"
+        if x[1] > 0.8: return math.nan
+        return _bowl(x)
+    res = bayes_opt(f, BOX, n_iter=15, n_init=4, seed=0)
+    assert (~res.y.isfinite()).any(), "the test must hit the bad regions"
+    assert math.isfinite(res.best_y) and res.best_y == res.y[res.y.isfinite()].min().item()
+    assert res.best_y < 2e-2 and torch.equal(res.best_x, res.X[int(res.y.nan_to_num(math.inf).argmin())])
+    # nothing finite yet: the loop keeps drawing random points instead of failing
+    allbad = bayes_opt(lambda x: math.inf, BOX, n_iter=3, n_init=2, seed=0)
+    assert allbad.X.shape == (5, 2) and ((allbad.X >= -1) & (allbad.X <= 1)).all() and allbad.best_y == math.inf
+
+
+def test_bayes_opt_refuses_an_infinite_box():
+    with pytest.raises(ValueError, match="bounds must be finite"):
+        bayes_opt(_bowl, torch.tensor([[0.0, math.inf]], **F64), n_iter=1)
+
+
+def test_optimizer_objective_follows_the_data_dtype(digits):
+    data64 = tuple(t.double() if t.is_floating_point() else t for t in digits)
+    F = optimizer_objective(lambda ps, lr: optbook.SGD(ps, lr=lr), data64, steps=3)
+    F32 = optimizer_objective(lambda ps, lr: optbook.SGD(ps, lr=lr), digits, steps=3)
+    assert math.isfinite(F(dict(lr=0.1))) and abs(F(dict(lr=0.1)) - F32(dict(lr=0.1))) < 1e-4   # same init, float64 net
+
+
+@pytest.mark.parametrize("c", [2.0 ** 10, 2.0 ** -10])
+def test_bayes_opt_does_not_depend_on_the_scale_of_f(c):
+    "μ₀ and s² come from y, σ²_noise and ξ are relative to s²: scaling f by a power of two (exact in floating point) changes nothing."
+    a = bayes_opt(_bowl, BOX, n_iter=6, n_init=3, seed=0)
+    b = bayes_opt(lambda x: c * _bowl(x), BOX, n_iter=6, n_init=3, seed=0)
+    assert torch.equal(a.X, b.X) and torch.equal(b.y, c * a.y)
+
+
+@pytest.mark.parametrize("c", [2.0 ** 10, 2.0 ** -10])
+def test_gp_jitter_is_relative_to_the_signal(c):
+    X, y = _data(4)
+    X2, y2 = torch.cat([X, X[:1]]), torch.cat([y, y[:1] + 0.2])          # singular K: the jitter retries are used
+    a = GaussianProcess(X2, y2, 0.3, noise=0.0, jitter=0.0)
+    b = GaussianProcess(X2, c * y2, 0.3, noise=0.0, jitter=0.0)
+    Xs = torch.rand(20, 2, generator=torch.Generator().manual_seed(4), **F64)
+    (ma, va), (mb, vb) = a.predict(Xs), b.predict(Xs)
+    torch.testing.assert_close(mb, c * ma, rtol=1e-12, atol=0)
+    torch.testing.assert_close(vb, c * c * va, rtol=1e-9, atol=1e-300)
+
+
+@needs_optuna
+def test_tune_uses_the_distribution_each_spec_names():
+    study = tune(_quad, SPACE, 2)
+    d = study.trials[0].distributions
+    assert isinstance(d["x"], optuna.distributions.FloatDistribution) and not d["x"].log
+    assert isinstance(d["lr"], optuna.distributions.FloatDistribution) and d["lr"].log
+    assert isinstance(d["k"], optuna.distributions.IntDistribution) and (d["k"].low, d["k"].high) == (0, 4)
+    assert isinstance(d["act"], optuna.distributions.CategoricalDistribution) and d["act"].choices == ("tanh", "relu")
