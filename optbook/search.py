@@ -24,6 +24,8 @@ def optimizer_objective(make: Callable,       # make(params, **hp) -> an optbook
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a positive int, got {steps!r}")
     if isinstance(report_every, bool) or not isinstance(report_every, int) or report_every < 1:
         raise ValueError(f"report_every must be a positive int, got {report_every!r}")
+    if not isinstance(data, (tuple, list)) or len(data) != 4:
+        raise ValueError(f"data must be (X_train, y_train, X_val, y_val), got {type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}")
     X, y, X_val, y_val = data
     ce = torch.nn.functional.cross_entropy
 

@@ -271,6 +271,8 @@ def test_optimizer_objective_refuses_bad_counts(digits):
     with pytest.raises(ValueError, match="steps must be a positive int, got 0"): optimizer_objective(None, digits, 0)
     with pytest.raises(ValueError, match="report_every must be a positive int, got True"):
         optimizer_objective(None, digits, 5, report_every=True)
+    with pytest.raises(ValueError, match=r"data must be \(X_train, y_train, X_val, y_val\), got tuple of length 2"):
+        optimizer_objective(None, digits[:2], 5)
 
 
 # ---------------------------------------------------------------- tune (Optuna)
