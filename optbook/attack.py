@@ -42,6 +42,7 @@ def check_inputs(x: Tensor,   # the inputs, a batch along dim 0
         raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
     if x.dim() < 1 or not isinstance(y, Tensor) or y.shape != x.shape[:1]:
         raise ValueError(f"y must be a tensor of shape {tuple(x.shape[:1])} (one label per input), got {getattr(y, 'shape', y)!r}")
+    if x.numel() == 0: return                                  # an empty batch: nothing to check (and nothing to attack)
     if not torch.isfinite(x).all(): raise ValueError(f"x has {(~torch.isfinite(x)).sum().item()} non-finite values (nan or inf)")
     x_min, x_max = x.min().item(), x.max().item()
     if x_min < lo or x_max > hi: raise ValueError(f"x must lie in the box [{lo}, {hi}], found values in [{x_min}, {x_max}]")
@@ -179,17 +180,18 @@ def cw(model,                         # the classifier: inputs -> logits
         if c.shape != x.shape[:1]:
             raise ValueError(f"Invalid c: a tensor c needs one value per input, shape {tuple(x.shape[:1])}, got {tuple(c.shape)}")
         if check_input and not (torch.isfinite(c).all() and (c >= 0).all()): raise ValueError(f"Invalid c: {c} (every value must be finite and >= 0)")
-        c = c.detach().to(device=x.device, dtype=x.dtype)
+        c = c.detach().to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
     else: c = check_budget("c", c)
     lo, hi = box
     x0 = x.detach()
+    wdtype = torch.promote_types(x0.dtype, torch.float32)   # w in float32 at least: in bf16/fp16, 1 − 1e-6 rounds to 1 and tanh saturates
     to_box = lambda w: lo + (hi - lo) * (torch.tanh(w) + 1) / 2                     # x' = lo + (hi − lo)(tanh w + 1)/2
-    w = torch.atanh(((x0 - lo) / (hi - lo) * 2 - 1) * (1 - 1e-6)).requires_grad_(True)   # x' ≈ x at the start
+    w = torch.atanh(((x0.to(wdtype) - lo) / (hi - lo) * 2 - 1) * (1 - 1e-6)).requires_grad_(True)   # x' ≈ x at the start
     opt = Adam([w], lr=lr)
-    best, best_d2 = x0.clone(), torch.full(x0.shape[:1], math.inf, dtype=x0.dtype, device=x0.device)
+    best, best_d2 = x0.clone(), torch.full(x0.shape[:1], math.inf, dtype=wdtype, device=x0.device)
     with frozen(model):
         for _ in _progress(steps, progress, "C&W"):
-            x_adv = to_box(w)
+            x_adv = to_box(w).to(x0.dtype)                                              # the model sees x's dtype
             d2 = (x_adv - x0).pow(2).flatten(1).sum(1)                                # ‖x' − x‖²
             s = margin(model(x_adv), y, targeted)
             w.grad = torch.autograd.grad((d2 + c * s.clamp_min(-confidence)).sum(), w)[0]

@@ -6,7 +6,8 @@
 - the attacks lower the accuracy of a trained model; PGD's loss is at least FGSM's on average;
 - C&W runs `optbook.Adam` (recorded by a monkeypatch) and equals an independent loop with `torch.optim.Adam` in float64;
 - the model's mode, parameters, gradients and requires_grad flags are unchanged, also when the attack raises;
-- bad arguments raise a ValueError naming the value; seeds reproduce; FakeTensorMode "cuda"; real CUDA when present.
+- bad arguments raise a ValueError naming the value; seeds reproduce; FakeTensorMode "cuda"; real CUDA when present;
+- edge cases: an empty batch, a batch of one, a tie (s = 0 is no success), bf16/fp16 inputs (w kept in float32).
 """
 import copy, math
 
@@ -153,6 +154,62 @@ def test_targeted_pgd_reaches_the_target(digits):
     assert (margin(net(x_t), target, targeted=True) < 0).float().mean() == hit
 
 
+def test_pgd_random_start_is_uniform_in_the_eps_ball():
+    "A model with zero input gradient: PGD returns its projected start, x + u with u uniform on [-ε, ε] (x inside)."
+    net = torch.nn.Linear(64, 10)
+    torch.nn.init.zeros_(net.weight)
+    x, y = torch.full((400, 64), 0.5, dtype=F64), torch.zeros(400, dtype=torch.long)
+    u = (pgd_seeded(net.to(F64), x, y, 0.1, steps=1) - x) / 0.1
+    assert u.min() >= -1 and u.max() <= 1 and u.min() < -0.99 and u.max() > 0.99
+    assert abs(u.mean().item()) < 0.01 and abs(u.var().item() - 1 / 3) < 0.01      # U[-1, 1]: mean 0, variance 1/3
+    assert torch.equal(pgd_seeded(net, x, y, 0.1, steps=1, random_start=False), x)
+
+
+def test_pgd_default_step_size(digits):
+    net, x, y = digits
+    for eps, steps in ((0.1, 4), (0.05, 10)):
+        assert torch.equal(pgd_seeded(net, x, y, eps, steps=steps), pgd_seeded(net, x, y, eps, steps=steps, alpha=2.5 * eps / steps))
+
+
+def test_empty_batch_and_batch_of_one(digits):
+    net, x, y = digits
+    for attack in (lambda a, b: fgsm(net, a, b, 0.1), lambda a, b: pgd_seeded(net, a, b, 0.1, steps=2),
+                   lambda a, b: cw(net, a, b, steps=2)):
+        assert attack(x[:0], y[:0]).shape == (0, 64)
+        one = attack(x[:1], y[:1])
+        assert one.shape == (1, 64) and in_ball_and_box(one, x[:1], 1.0)
+    assert torch.equal(fgsm(net, x[:1], y[:1], 0.1), fgsm(net, x[:5], y[:5], 0.1)[:1])   # per-input: the batch does not matter
+
+
+def test_targeted_cw_reaches_the_target(digits):
+    net, x, y = digits
+    target = (y[:50] + 1) % 10
+    x_t = cw(net, x[:50], target, c=5.0, steps=100, lr=0.05, targeted=True)
+    with torch.no_grad(): pred = net(x_t).argmax(1)
+    hit = pred == target
+    assert hit.float().mean() > 0.9
+    assert torch.equal(x_t[~hit], x[:50][~hit])                  # a miss comes back unchanged, even if misclassified
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cw_in_half_precision_moves_the_saturated_pixels(digits, dtype):
+    "In bf16/fp16, 1 − 1e-6 rounds to 1: w lives in float32, so pixels at 0 and 1 can still move, and the output keeps x's dtype."
+    net, x, y = digits
+    net16, x16 = copy.deepcopy(net).to(dtype), x[:50].to(dtype)
+    out = cw(net16, x16, y[:50], steps=100, lr=0.05)
+    with torch.no_grad(): fooled = (net16(out).argmax(1) != y[:50]).float().mean()
+    assert out.dtype == dtype and fooled > 0.9
+    assert ((out != x16) & ((x16 == 0) | (x16 == 1))).sum() > 100
+
+
+def test_cw_a_tie_is_not_a_success():
+    "Logits z = x: at x = (0.5, 0.5) the two classes tie (s = 0). C&W must move on to s < 0, not stop at the tie."
+    ident = lambda t: t
+    x, y = torch.tensor([[0.5, 0.5]], dtype=F64), torch.tensor([0])
+    out = cw(ident, x, y, c=1.0, steps=5, lr=0.01)
+    assert margin(ident(out), y) < 0 and not torch.equal(out, x)
+
+
 def test_margin():
     z = torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 5.0]])
     y = torch.tensor([0, 1])
@@ -238,6 +295,7 @@ def test_model_mode_parameters_grads_and_flags_are_unchanged(digits):
     net, x, y = digits
     model = torch.nn.Sequential(*copy.deepcopy(net), torch.nn.Dropout(0.0)).train()
     model[1].eval()                                               # a submodule in another mode than its parent
+    for p in model.parameters(): p.requires_grad_(True)           # set here: the fixture's flags may have been changed
     model[0].weight.requires_grad_(False)
     for p in model.parameters(): p.grad = torch.full_like(p, 0.5)
     model[2].bias.grad = None
