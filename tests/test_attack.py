@@ -350,6 +350,14 @@ def test_bad_arguments_raise_naming_the_value(digits, call, match):
     with pytest.raises(ValueError, match=match): call(net, x, y)
 
 
+def test_steps_accept_any_integer_type(digits):
+    import numpy as np
+    net, x, y = digits
+    assert torch.equal(pgd_seeded(net, x, y, 0.1, steps=np.int64(3)), pgd_seeded(net, x, y, 0.1, steps=3))
+    assert torch.equal(cw(net, x[:5], y[:5], steps=np.int32(4)), cw(net, x[:5], y[:5], steps=4))
+    with pytest.raises(ValueError, match=r"Invalid steps: 2\.0"): pgd(net, x, y, 0.1, steps=2.0)
+
+
 def test_seeds_reproduce(digits):
     net, x, y = digits
     assert torch.equal(pgd_seeded(net, x, y, 0.1, seed=5, steps=2), pgd_seeded(net, x, y, 0.1, seed=5, steps=2))
