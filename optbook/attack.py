@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .adam import Adam
 from .core import check_nonneg, sign_update
+from .core import progress as _progress   # a tqdm bar when asked and installed (the book appendix)
 
 # %% auto #0
 __all__ = ['check_budget', 'check_box', 'check_inputs', 'cross_entropy_sum', 'frozen', 'input_grad', 'accuracy_under_attack',
@@ -21,7 +22,8 @@ __all__ = ['check_budget', 'check_box', 'check_inputs', 'cross_entropy_sum', 'fr
 # %% ../nbs/11_attack.ipynb #att00006
 def check_budget(name: str,  # the argument's name, as the user spells it
                  value):     # a number (or one-element tensor) that must be finite and >= 0
-    "The budget `value` as a float; a `ValueError` naming `name` and the value unless it is finite and >= 0."
+    "The budget `value` as a float; a `ValueError` naming `name` and the value unless it is a finite number >= 0."
+    if isinstance(value, (bool, str, bytes)): raise ValueError(f"Invalid {name}: {value!r} (must be a number)")
     check_nonneg(name, value)                                  # negative or nan
     value = float(value)
     if not math.isfinite(value): raise ValueError(f"Invalid {name}: {value!r} (must be finite)")
@@ -37,13 +39,17 @@ def check_box(box) -> tuple[float, float]:  # (lo, hi): the valid range of every
 def check_inputs(x: Tensor,   # the inputs, a batch along dim 0
                  y: Tensor,   # their labels (class indices), one per input
                  box: tuple): # (lo, hi) from `check_box`
-    "Raise a `ValueError` naming the value unless x is a floating batch of finite values inside the box with one label each."
+    "Raise a `ValueError` naming the value unless x is a floating batch of finite values inside the box with one integer label >= 0 each, on x's device."
     lo, hi = box
     if not isinstance(x, Tensor) or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
     if x.dim() < 1 or not isinstance(y, Tensor) or y.shape != x.shape[:1]:
         raise ValueError(f"y must be a tensor of shape {tuple(x.shape[:1])} (one label per input), got {getattr(y, 'shape', y)!r}")
+    if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
+        raise ValueError(f"y must hold integer class indices, got dtype {y.dtype}")
+    if y.device != x.device: raise ValueError(f"y is on {y.device} but x is on {x.device}")
     if x.numel() == 0: return                                  # an empty batch: nothing to check (and nothing to attack)
+    if y.min().item() < 0: raise ValueError(f"y must hold class indices >= 0, found {y.min().item()}")
     if not torch.isfinite(x).all(): raise ValueError(f"x has {(~torch.isfinite(x)).sum().item()} non-finite values (nan or inf)")
     x_min, x_max = x.min().item(), x.max().item()
     if x_min < lo or x_max > hi: raise ValueError(f"x must lie in the box [{lo}, {hi}], found values in [{x_min}, {x_max}]")
@@ -101,14 +107,6 @@ def fgsm(model,                       # the classifier: inputs -> logits (an nn.
     return x_adv.clamp_(*box)
 
 # %% ../nbs/11_attack.ipynb #att00017
-def _progress(steps: int, show: bool, desc: str):
-    "range(steps), with a tqdm bar when `show` and tqdm is installed (imported only then)."
-    if show:
-        try: from tqdm.auto import tqdm
-        except ImportError: pass
-        else: return tqdm(range(steps), desc=desc)
-    return range(steps)
-
 def _check_steps(steps) -> int:
     "`steps` as an int; a `ValueError` unless it is an integer >= 1 (a NumPy integer is fine, a bool or 2.0 is not)."
     try: n = None if isinstance(steps, bool) else operator.index(steps)
@@ -150,7 +148,7 @@ def pgd(model,                        # the classifier: inputs -> logits
     x_adv = _uniform_start(x0, eps, lower, upper, generator) if random_start else x0.clone()
     loss_fn = loss_fn or cross_entropy_sum
     with frozen(model):
-        for _ in _progress(steps, progress, "PGD"):
+        for _ in _progress(range(steps), progress, "PGD"):
             g = input_grad(model, x_adv, y, loss_fn)
             sign_update(x_adv, g, eta=alpha, beta=None, lam=None, maximize=not targeted)   # x' ← x' + α·sign(g)
             x_adv = torch.minimum(torch.maximum(x_adv, lower), upper)                     # x' ← Π_C(x')
@@ -195,7 +193,7 @@ def cw(model,                         # the classifier: inputs -> logits
     opt = Adam([w], lr=lr)
     best, best_d2 = x0.clone(), torch.full(x0.shape[:1], math.inf, dtype=wdtype, device=x0.device)
     with frozen(model):
-        for _ in _progress(steps, progress, "C&W"):
+        for _ in _progress(range(steps), progress, "C&W"):
             x_adv = to_box(w).to(x0.dtype)                                              # the model sees x's dtype
             d2 = (x_adv - x0).pow(2).flatten(1).sum(1)                                # ‖x' − x‖²
             s = margin(model(x_adv), y, targeted)

@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['default_device', 'check_nonneg', 'check_range', 'check_betas', 'off', 'TensorList', 'Optimizer', 'sign_update',
-           'SignSGD', 'hyper_tensors', 'update_batch', 'compile_update']
+__all__ = ['default_device', 'progress', 'check_nonneg', 'check_range', 'check_betas', 'off', 'TensorList', 'Optimizer',
+           'sign_update', 'SignSGD', 'hyper_tensors', 'update_batch', 'compile_update']
 
 # %% ../nbs/90_core.ipynb #21292c07
 def default_device() -> torch.device:
@@ -19,6 +19,17 @@ def default_device() -> torch.device:
     mps = getattr(torch.backends, "mps", None)
     if mps is not None and mps.is_available(): return torch.device("mps")
     return torch.device("cpu")
+
+# %% ../nbs/90_core.ipynb #prg00002
+def progress(iterable,                # what the loop runs over
+             enabled: bool = True,    # False: no bar, the iterable unchanged
+             desc: Optional[str] = None,  # the bar's label
+             **kwargs):               # more tqdm options (`total`, `leave`, `file`, ...)
+    "`iterable` wrapped in a tqdm progress bar (`tqdm.auto`, imported only here) when `enabled` and tqdm is installed; else `iterable` itself."
+    if not enabled: return iterable
+    try: from tqdm.auto import tqdm
+    except ImportError: return iterable
+    return tqdm(iterable, desc=desc, **kwargs)
 
 # %% ../nbs/90_core.ipynb #d8e27ba6
 def _as_float(value) -> float:

@@ -9,6 +9,8 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from .core import progress as _progress   # a tqdm bar when asked and installed (the book appendix)
+
 # %% auto #0
 __all__ = ['acceptance_probability', 'geometric_schedule', 'log_schedule', 'linear_schedule', 'gaussian_proposal', 'resample_one',
            'Annealed', 'anneal', 'tournament', 'uniform_crossover', 'one_point_crossover', 'gaussian_mutation',
@@ -57,13 +59,6 @@ def linear_schedule(T0: float,   # 𝒯₀ >= 0: the starting temperature
     return lambda t: T0 * max(0.0, 1 - t / steps)
 
 # %% ../nbs/09_gradfree.ipynb #018db3ae
-def _progress(iterable, enabled: bool, desc: str):
-    "`iterable` wrapped in a tqdm bar when `enabled` and tqdm is installed (imported lazily), else unchanged."
-    if not enabled: return iterable
-    try: from tqdm.auto import tqdm
-    except ImportError: return iterable
-    return tqdm(iterable, desc=desc, leave=False)
-
 def _check_generator(generator, x: Tensor):
     "Raise a `ValueError` unless `generator` is None or on the device type of `x` (CUDA tensors need a CUDA generator)."
     if generator is not None and generator.device.type != x.device.type:

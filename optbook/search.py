@@ -8,6 +8,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from .core import progress as _progress   # a tqdm bar when asked and installed (the book appendix)
+
 # %% auto #0
 __all__ = ['optimizer_objective', 'rbf_kernel', 'GaussianProcess', 'expected_improvement', 'BayesOptResult', 'bo_model',
            'bayes_opt', 'tune']
@@ -155,12 +157,6 @@ class BayesOptResult(NamedTuple):
     best_y: float      # that value
     n_init: int        # how many of the points were random
 
-def _progress(iterable, progress: bool, **kwargs):
-    "`iterable`, wrapped in a tqdm bar (on stdout) when `progress` is on and tqdm is installed."
-    if not progress: return iterable
-    try: from tqdm.auto import tqdm
-    except ImportError: return iterable
-    return tqdm(iterable, file=sys.stdout, **kwargs)
 
 def _check_bounds(bounds: Tensor) -> Tensor:
     if bounds.ndim != 2 or bounds.shape[1] != 2 or bounds.shape[0] < 1:
@@ -201,7 +197,7 @@ def bayes_opt(f: Callable,                 # f(x) -> float, x a (D,) tensor insi
     draw = lambda n: torch.rand(n, bounds.shape[0], generator=gen, dtype=torch.float64).to(bounds)
     U = draw(n_init)                                           # points in the unit box
     ys = [float(f(low + width * u)) for u in U]
-    for _ in _progress(range(n_iter), progress, desc="bayes_opt"):
+    for _ in _progress(range(n_iter), progress, "bayes_opt", file=sys.stdout):
         y = torch.tensor(ys, dtype=bounds.dtype, device=bounds.device)
         finite = y.isfinite()
         if not bool(finite.any()):                             # nothing to model yet: one more random point

@@ -344,6 +344,11 @@ def test_plain_callables_are_accepted(digits):
     (lambda n, x, y: fgsm(n, x, y, 0.1, box=(1, 0)), r"Invalid box: \(1, 0\)"),
     (lambda n, x, y: pgd(n, x, y, 0.1, box=(0, math.inf)), r"Invalid box"),
     (lambda n, x, y: cw(n, x, y, box="01x"), r"Invalid box"),
+    (lambda n, x, y: fgsm(n, x, y, "0.1"), r"Invalid eps: '0\.1' \(must be a number\)"),
+    (lambda n, x, y: pgd(n, x, y, True), r"Invalid eps: True \(must be a number\)"),
+    (lambda n, x, y: fgsm(n, x, y.double(), 0.1), r"y must hold integer class indices, got dtype torch\.float64"),
+    (lambda n, x, y: pgd(n, x, y == 1, 0.1), r"y must hold integer class indices, got dtype torch\.bool"),
+    (lambda n, x, y: cw(n, x, y - 1), r"y must hold class indices >= 0, found -1"),
 ])
 def test_bad_arguments_raise_naming_the_value(digits, call, match):
     net, x, y = digits

@@ -388,3 +388,22 @@ def test_import_optbook_loads_nothing_beyond_torch():
 def optbook_dir():
     import optbook
     return optbook.__path__[0]
+
+
+def test_long_loops_show_progress_through_core_progress(capfd):
+    "anneal, evolve, pgd and cw show a tqdm bar when asked (core.progress, shared by chapters 9-11), and none when not."
+    from optbook.gradfree import anneal, evolve
+    from optbook.attack import pgd, cw
+    sphere = lambda x: (x ** 2).sum(1)
+    x0 = torch.ones(4, 2)
+    net = torch.nn.Linear(3, 2)
+    x, y = torch.rand(2, 3), torch.tensor([0, 1])
+    runs = {"anneal": lambda on: anneal(sphere, x0, 3, schedule=1.0, step_size=0.1, progress=on),
+            "evolve": lambda on: evolve(sphere, x0, 2, progress=on),
+            "PGD": lambda on: pgd(net, x, y, 0.1, steps=2, progress=on),
+            "C&W": lambda on: cw(net, x, y, steps=2, progress=on)}
+    for desc, run in runs.items():
+        run(False)
+        assert desc not in "".join(capfd.readouterr()), desc
+        run(True)
+        assert desc in "".join(capfd.readouterr()), f"{desc}: no progress bar"
