@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .adam import Adam
-from .core import check_nonneg, sign_update
+from .core import check_int, check_nonneg, sign_update
 from .core import progress as _progress   # a tqdm bar when asked and installed (the book appendix)
 
 # %% auto #0
@@ -107,13 +107,6 @@ def fgsm(model,                       # the classifier: inputs -> logits (an nn.
     return x_adv.clamp_(*box)
 
 # %% ../nbs/11_attack.ipynb #att00017
-def _check_steps(steps) -> int:
-    "`steps` as an int; a `ValueError` unless it is an integer >= 1 (a NumPy integer is fine, a bool or 2.0 is not)."
-    try: n = None if isinstance(steps, bool) else operator.index(steps)
-    except TypeError: n = None
-    if n is None or n < 1: raise ValueError(f"Invalid steps: {steps!r} (must be an int >= 1)")
-    return n
-
 def _ball_in_box(x0: Tensor, eps: float, box: tuple) -> tuple[Tensor, Tensor]:
     "The bounds of C = ε-ball around x0 ∩ pixel box, per coordinate: (max(x0 − ε, lo), min(x0 + ε, hi))."
     return (x0 - eps).clamp_(min=box[0]), (x0 + eps).clamp_(max=box[1])
@@ -140,7 +133,7 @@ def pgd(model,                        # the classifier: inputs -> logits
         progress: bool = False):      # show a tqdm bar over the steps
     "Projected gradient ascent on ℓ: T signed steps of size α, each followed by the projection onto the ε-ball around x and the box."
     eps, box = check_budget("eps", eps), check_box(box)
-    steps = _check_steps(steps)
+    steps = check_int("steps", steps)
     alpha = 2.5 * eps / steps if alpha is None else check_budget("alpha", alpha)
     if check_input: check_inputs(x, y, box)
     x0 = x.detach()
@@ -177,7 +170,7 @@ def cw(model,                         # the classifier: inputs -> logits
        progress: bool = False):       # show a tqdm bar over the steps
     "Carlini–Wagner ℓ2 attack: optbook's Adam minimizes ‖x' − x‖² + c·max(s(x'), −γ) in tanh space; the closest success per input (x if none)."
     confidence, lr, box = check_budget("confidence", confidence), check_budget("lr", lr), check_box(box)
-    steps = _check_steps(steps)
+    steps = check_int("steps", steps)
     if check_input: check_inputs(x, y, box)
     if isinstance(c, Tensor) and c.dim() > 0:                                         # one c per input
         if c.shape != x.shape[:1]:

@@ -2,6 +2,7 @@
 
 # %% ../nbs/90_core.ipynb #f2a0be65
 from __future__ import annotations
+import operator
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -9,8 +10,8 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['default_device', 'progress', 'check_nonneg', 'check_range', 'check_betas', 'off', 'TensorList', 'Optimizer',
-           'sign_update', 'SignSGD', 'hyper_tensors', 'update_batch', 'compile_update']
+__all__ = ['default_device', 'progress', 'check_nonneg', 'check_range', 'check_int', 'check_betas', 'off', 'TensorList',
+           'Optimizer', 'sign_update', 'SignSGD', 'hyper_tensors', 'update_batch', 'compile_update']
 
 # %% ../nbs/90_core.ipynb #21292c07
 def default_device() -> torch.device:
@@ -49,6 +50,16 @@ def check_range(name: str, # the hyperparameter's name
                 hi: float):# upper bound (exclusive)
     "Raise a `ValueError` naming `name` unless `lo <= value < hi`."
     if not lo <= _as_float(value) < hi: raise ValueError(f"Invalid {name}: {value!r} (must be in [{lo}, {hi}))")
+
+def check_int(name: str,   # the argument's name, as the user spells it
+              value,       # its value: any integer type (int, a NumPy integer, ...), not a bool
+              lo: int = 1  # the smallest allowed value
+             ) -> int:
+    "`value` as an int; a `ValueError` naming `name` unless it is an integer >= `lo` (a bool or 2.0 is not)."
+    try: n = None if isinstance(value, bool) else operator.index(value)
+    except TypeError: n = None
+    if n is None or n < lo: raise ValueError(f"Invalid {name}: {value!r} (must be an int >= {lo})")
+    return n
 
 def check_betas(betas):  # a pair (β1, β2) of averaging coefficients
     "Raise a `ValueError` unless `betas` is a pair with each value in [0, 1)."

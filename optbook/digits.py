@@ -8,6 +8,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from .core import check_int
+
 # %% auto #0
 __all__ = ['digits_split', 'DigitsRun', 'train_digits']
 
@@ -40,7 +42,7 @@ def train_digits(make: Callable,  # make(params) -> an optimizer, or a tuple of 
                  hidden: int = 64,  # width of the hidden layer
                  seed: int = 0) -> DigitsRun:  # the network's initialization
     "Train a 64-hidden-unit tanh MLP on the full training set from a fixed initialization; each step goes through a closure."
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = check_int("steps", steps)
     X_tr, y_tr, X_te, y_te = data
     torch.manual_seed(seed)
     net = torch.nn.Sequential(torch.nn.Linear(X_tr.shape[1], hidden), torch.nn.Tanh(),

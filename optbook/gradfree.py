@@ -9,6 +9,7 @@ from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
+from .core import check_int as _check_int   # a ValueError naming the argument unless an int >= lo
 from .core import progress as _progress   # a tqdm bar when asked and installed (the book appendix)
 
 # %% auto #0
@@ -17,11 +18,6 @@ __all__ = ['acceptance_probability', 'geometric_schedule', 'log_schedule', 'line
            'Evolved', 'evolve', 'population_params', 'population_forward']
 
 # %% ../nbs/09_gradfree.ipynb #a6999227
-def _check_int(name: str, value, lo: int = 1):
-    "Raise a `ValueError` naming `name` unless `value` is an int >= `lo`."
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an int >= {lo}, got {value!r}")
-
 def _check_temperature(T) -> float:
     "`T` as a float, or a `ValueError` unless it is a number >= 0 (rejects nan)."
     T = float(T)

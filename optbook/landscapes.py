@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from typing import Callable
 import torch
 
+from .core import check_int
+
 # %% ../nbs/01_landscapes.ipynb #ed40c5a9
 def _as_point(xy) -> torch.Tensor:
     "`xy` as a floating tensor: tensors keep their dtype (integers become float64), lists and tuples become float64"
@@ -103,8 +105,7 @@ def trajectory(landscape:Landscape,  # the test function $f$
                dtype=torch.float64,  # dtype of $\theta$
               ) -> torch.Tensor:
     "Run an optimizer on $f$ from $\\theta_0$ and return the iterates $\\theta_0, \\dots, \\theta_T$ as a (T+1, 2) CPU tensor; on divergence, warn and return the finite ones"
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    steps = check_int("steps", steps)
     theta = torch.as_tensor(landscape.start if start is None else start, dtype=dtype, device=device).detach().clone()
     if theta.shape != (2,): raise ValueError(f"start must be a point (x, y), got shape {tuple(theta.shape)}")
     theta.requires_grad_(True)

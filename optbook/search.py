@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import Tensor
 
+from .core import check_int
 from .core import progress as _progress   # a tqdm bar when asked and installed (the book appendix)
 
 # %% auto #0
@@ -23,9 +24,8 @@ def optimizer_objective(make: Callable,       # make(params, **hp) -> an optbook
                         hidden: int = 32,     # width of the tanh MLP's hidden layer
                         seed: int = 0):       # the network's initialization, the same in every trial
     "An objective for `tune`: train a one-hidden-layer MLP with make(params, **hp), report and return the validation loss."
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(report_every, bool) or not isinstance(report_every, int) or report_every < 1:
-        raise ValueError(f"report_every must be a positive int, got {report_every!r}")
+    steps = check_int("steps", steps)
+    report_every = check_int("report_every", report_every)
     if not isinstance(data, (tuple, list)) or len(data) != 4:
         raise ValueError(f"data must be (X_train, y_train, X_val, y_val), got {type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}")
     X, y, X_val, y_val = data
@@ -189,9 +189,7 @@ def bayes_opt(f: Callable,                 # f(x) -> float, x a (D,) tensor insi
               progress: bool = False) -> BayesOptResult:
     "Minimize `f` over a box: a few random points, then each point maximizes EI under a GP fitted to all so far; a value that is not finite (a diverged run) counts as the worst one seen."
     _check_bounds(bounds)
-    for name, v in (("n_iter", n_iter), ("n_init", n_init), ("n_candidates", n_candidates)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "n_iter" else 1):
-            raise ValueError(f"{name} must be a {'non-negative' if name == 'n_iter' else 'positive'} int, got {v!r}")
+    n_iter, n_init, n_candidates = check_int("n_iter", n_iter, 0), check_int("n_init", n_init), check_int("n_candidates", n_candidates)
     low, width = bounds[:, 0], bounds[:, 1] - bounds[:, 0]
     gen = torch.Generator().manual_seed(seed)                  # drawn on the CPU, then moved: same points on any device
     draw = lambda n: torch.rand(n, bounds.shape[0], generator=gen, dtype=torch.float64).to(bounds)
@@ -262,8 +260,7 @@ def tune(objective: Callable,        # objective(hp, report) -> float; report(va
          progress: bool = False):    # Optuna's tqdm progress bar
     "Run an Optuna study of `objective` over `space`; the objective never sees Optuna (`report` does the pruning)."
     _check_space(space)
-    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
-        raise ValueError(f"n_trials must be a positive int, got {n_trials!r}")
+    n_trials = check_int("n_trials", n_trials)
     if direction not in ("minimize", "maximize"): raise ValueError(f"direction must be 'minimize' or 'maximize', got {direction!r}")
     optuna = _optuna()
     study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, load_if_exists=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Optimizer, check_nonneg, check_range, off
+from .core import Optimizer, check_int, check_nonneg, check_range, off
 
 # %% auto #0
 __all__ = ['inv_root', 'shampoo_update', 'Shampoo']
@@ -121,8 +121,7 @@ class Shampoo(Optimizer):
                  fused: bool | None = None):    # not supported (raises if True)
         check_nonneg("lr", lr); check_nonneg("weight_decay", weight_decay); check_range("momentum", momentum, 0.0, 1.0)
         if not float(eps) > 0: raise ValueError(f"Invalid eps: {eps!r} (must be > 0: P and Q start at eps·I)")
-        if isinstance(precondition_frequency, bool) or not isinstance(precondition_frequency, int) or precondition_frequency < 1:
-            raise ValueError(f"Invalid precondition_frequency: {precondition_frequency!r} (must be an int >= 1)")
+        check_int("precondition_frequency", precondition_frequency)
         super().__init__(params, dict(lr=lr, eps=eps, precondition_frequency=precondition_frequency, momentum=momentum,
                                       weight_decay=weight_decay, maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused))

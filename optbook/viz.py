@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 from matplotlib import font_manager, patheffects
 from matplotlib.colors import LogNorm
 
+from .core import check_int
+
 # %% ../nbs/91_viz.ipynb #d2b9278b
 _CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "Source Han Sans CN",
                  "WenQuanYi Zen Hei", "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC",
@@ -164,8 +166,7 @@ def animate(landscape,       # the `Landscape` to draw
     "The trajectories drawn point by point on the contours, as an `IPython.display.HTML` holding a self-contained JavaScript player"
     from matplotlib.animation import FuncAnimation
     from IPython.display import HTML
-    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
-        raise ValueError(f"frames must be a positive int, got {frames!r}")
+    frames = check_int("frames", frames)
     paths = {k: _np(v) for k, v in trajectories.items()}
     n = min(frames, max(len(P) for P in paths.values()))
     fig, ax = plt.subplots(figsize=(4.4, 3.8), dpi=72)

@@ -105,7 +105,7 @@ def test_schedule_values():
     (lambda: geometric_schedule(1.0, 0.0), r"gamma must be in \(0, 1\], got 0.0"),
     (lambda: geometric_schedule(1.0, 1.01), "gamma"),
     (lambda: log_schedule(-2.0), "temperature"),
-    (lambda: linear_schedule(1.0, 0), r"steps must be an int >= 1, got 0"),
+    (lambda: linear_schedule(1.0, 0), r"Invalid steps: 0 \(must be an int >= 1\)"),
     (lambda: linear_schedule(1.0, 2.5), "steps"),
 ])
 def test_schedule_errors(make, match):
@@ -196,7 +196,7 @@ def test_gaussian_proposal_statistics():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(steps=0), r"steps must be an int >= 1, got 0"),
+    (dict(steps=0), r"Invalid steps: 0 \(must be an int >= 1\)"),
     (dict(steps=True), "steps"),
     (dict(schedule=-1.0), r"temperature must be >= 0, got -1.0"),
     (dict(schedule=lambda t: 2.0 - t), r"temperature must be >= 0, got -1.0"),
@@ -234,7 +234,7 @@ def test_tournament_selection_frequencies():
     expected = ((M - r) ** 2 - (M - r - 1) ** 2) / M**2
     assert (freq - expected).abs().max() < 4 * math.sqrt(0.25 / n)
     assert tournament(losses, 0, generator=gen(0)).shape == (0,)
-    with pytest.raises(ValueError, match=r"size must be an int >= 1, got 0"): tournament(losses, 3, size=0)
+    with pytest.raises(ValueError, match=r"Invalid size: 0 \(must be an int >= 1\)"): tournament(losses, 3, size=0)
     with pytest.raises(ValueError, match=r"losses must have shape \(pop,\) with pop >= 1, got shape \(0,\)"):
         tournament(torch.zeros(0), 3)
     with pytest.raises(ValueError, match=r"losses must have shape \(pop,\)"): tournament(torch.zeros(3, 2), 3)
@@ -301,10 +301,10 @@ def test_evolve_seeds_and_options():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(pop0=torch.zeros(1, 3, **F64)), "at least 2 members, got 1"),
     (dict(pop0=torch.zeros(5, **F64)), r"pop0 must have shape \(pop, dim\)"),
-    (dict(generations=0), r"generations must be an int >= 1, got 0"),
+    (dict(generations=0), r"Invalid generations: 0 \(must be an int >= 1\)"),
     (dict(elite=4), r"elite must be < the population size 4, got 4"),
-    (dict(elite=-1), r"elite must be an int >= 0, got -1"),
-    (dict(size=0), "size must be an int >= 1"),
+    (dict(elite=-1), r"Invalid elite: \-1 \(must be an int >= 0\)"),
+    (dict(size=0), r"Invalid size: .* \(must be an int >= 1\)"),
     (dict(rate=1.2), r"mutation rate must be in \[0, 1\], got 1.2"),
     (dict(sigma=-0.5), r"sigma must be >= 0, got -0.5"),
     (dict(crossover="two_point"), "crossover must be one of"),

@@ -203,9 +203,9 @@ def test_bayes_opt_keeps_the_box_dtype_and_shows_progress_on_stdout(capfd):
     (torch.tensor([[1.0, 0.0]]), {}, r"every low must be below its high, got \[\[1.0, 0.0\]\]"),
     (torch.tensor([0.0, 1.0]), {}, r"bounds must be \(D, 2\)"),
     (torch.tensor([[0, 1]]), {}, "bounds must be floating point"),
-    (BOX, dict(n_init=0), "n_init must be a positive int, got 0"),
-    (BOX, dict(n_iter=-1), "n_iter must be a non-negative int, got -1"),
-    (BOX, dict(n_candidates=2.5), "n_candidates must be a positive int, got 2.5"),
+    (BOX, dict(n_init=0), r"Invalid n_init: 0 \(must be an int >= 1\)"),
+    (BOX, dict(n_iter=-1), r"Invalid n_iter: \-1 \(must be an int >= 0\)"),
+    (BOX, dict(n_candidates=2.5), r"Invalid n_candidates: 2\.5 \(must be an int >= 1\)"),
 ])
 def test_bayes_opt_refuses_bad_input(bounds, kwargs, match):
     with pytest.raises(ValueError, match=match): bayes_opt(_bowl, bounds, **{"n_iter": 1, **kwargs})
@@ -268,8 +268,8 @@ def test_optimizer_objective_turns_a_diverged_run_into_inf(digits):
 
 
 def test_optimizer_objective_refuses_bad_counts(digits):
-    with pytest.raises(ValueError, match="steps must be a positive int, got 0"): optimizer_objective(None, digits, 0)
-    with pytest.raises(ValueError, match="report_every must be a positive int, got True"):
+    with pytest.raises(ValueError, match=r"Invalid steps: 0 \(must be an int >= 1\)"): optimizer_objective(None, digits, 0)
+    with pytest.raises(ValueError, match=r"Invalid report_every: True \(must be an int >= 1\)"):
         optimizer_objective(None, digits, 5, report_every=True)
     with pytest.raises(ValueError, match=r"data must be \(X_train, y_train, X_val, y_val\), got tuple of length 2"):
         optimizer_objective(None, digits[:2], 5)
@@ -350,7 +350,7 @@ def test_tune_without_optuna_says_how_to_get_it(monkeypatch):
     (dict(x=(0.0, 1.0, "cubic")), 1, {}, r"space\['x'\] must be \(low, high\)"),
     (dict(x=(0.0, 1.0, "log")), 1, {}, r"a log range needs low > 0"),
     (dict(x=[]), 1, {}, "empty list of choices"),
-    (dict(x=(0.0, 1.0)), 0, {}, "n_trials must be a positive int, got 0"),
+    (dict(x=(0.0, 1.0)), 0, {}, r"Invalid n_trials: 0 \(must be an int >= 1\)"),
     (dict(x=(0.0, 1.0)), 1, dict(direction="up"), "direction must be 'minimize' or 'maximize', got 'up'"),
 ])
 def test_tune_refuses_bad_input_before_any_trial(space, n, kwargs, match, capfd):
