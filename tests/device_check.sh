@@ -2,7 +2,7 @@
 # The checks that need a GPU, as one script for a machine that has one (its own python3 with torch, pytest,
 # matplotlib, sympy and scikit-learn, but no Jupyter and no network). Usage: bash tests/device_check.sh [OUTDIR]
 #   1. chapters 3-11 executed as plain Python on the GPU (tests/gpu_notebooks.py), with time and peak CUDA memory;
-#   2. the unit tests that touch CUDA (real CUDA, fake CUDA, compile; `-k`), for every optimizer and chapters 9-11;
+#   2. the unit tests that touch CUDA (real CUDA or GPU, fake CUDA, compile; `-k`), for every optimizer and chapters 9-11;
 #   3. `make bench`'s benchmark.
 # Budget: a lent GPU gives a session 15 minutes in all. The whole unit suite there (pytest-xdist, 8 workers) took
 # over 8 minutes on an H100 and was cut off at 75% (no failure until then), hence the `-k` selection; ALL=1 runs it all.
@@ -20,7 +20,7 @@ python3 -c "import torch; print('torch', torch.__version__, '| cuda', torch.vers
 python3 tests/gpu_notebooks.py --timeout 90 $(ls nbs/0[3-9]_*.ipynb nbs/1[01]_*.ipynb 2>/dev/null) 2>&1 \
   | tee "$out/notebooks.log" | grep -E "^(OK|FAILED|TIMEOUT)" ; nb=${PIPESTATUS[0]}
 xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8 -p no:benchmark"
-select=(-k "cuda or CUDA or fake or Fake or compile"); [ "${ALL:-0}" = 1 ] && select=()
+select=(-k "cuda or CUDA or gpu or GPU or fake or Fake or compile"); [ "${ALL:-0}" = 1 ] && select=()
 tests="tests/test_core.py tests/test_registry.py tests/test_sgd.py tests/test_adaptive.py tests/test_adam.py
        tests/test_shampoo.py tests/test_sign.py tests/test_muon.py tests/test_lbfgs.py
        tests/test_gradfree.py tests/test_attack.py tests/test_search.py"
