@@ -16,8 +16,9 @@ from .shampoo import Shampoo, shampoo_update
 from .sign import Rprop, Lion, rprop_update, lion_update
 from .muon import Muon, muon_update, newton_schulz, muon_param_groups, muon_with_adamw
 from .lbfgs import LBFGS
-# Chapters 9-11 are modules, not optimizers: optbook.gradfree, optbook.search, optbook.attack (their names stay there)
-from . import gradfree, search, attack
+# Chapters 9-11 are modules, not optimizers: optbook.gradfree, optbook.search, optbook.attack (their names stay there);
+# so is the comparison protocol of the appendix, optbook.compare
+from . import gradfree, search, attack, compare
 _all_ = ["Optimizer", "TensorList", "default_device", "SGD", "sgd_update", "SignSGD", "sign_update",
          "Adagrad", "RMSprop", "Adadelta", "adagrad_update", "rmsprop_update", "adadelta_update",
          "Adam", "AdamW", "Adamax", "NAdam", "adam_update", "adamax_update", "nadam_update",

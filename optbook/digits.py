@@ -23,7 +23,8 @@ def digits_split(device=None,          # where the tensors live; None: the CPU
     if not 0 < test_size < 1: raise ValueError(f"test_size must be in (0, 1), got {test_size!r}")
     X, y = load_digits(return_X_y=True)
     X_tr, X_te, y_tr, y_te = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=y)
-    mean, std = X_tr.mean(0), X_tr.std(0) + 1e-8
+    mean, std = X_tr.mean(0), X_tr.std(0)
+    std[std == 0] = 1   # a pixel constant in the training split (a corner) stays 0, not (x - mean) / 1e-8 on the test split
     to_x = lambda a: torch.tensor((a - mean) / std, dtype=torch.float32, device=device)
     to_y = lambda a: torch.tensor(a, device=device)
     return to_x(X_tr), to_y(y_tr), to_x(X_te), to_y(y_te)
