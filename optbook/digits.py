@@ -11,7 +11,7 @@ from torch import Tensor
 from .core import check_int
 
 # %% auto #0
-__all__ = ['digits_split', 'DigitsRun', 'train_digits']
+__all__ = ['digits_split', 'DigitsRun', 'train_digits', 'digits_problem', 'test_accuracy']
 
 # %% ../nbs/92_digits.ipynb #2c6dea6a
 def digits_split(device=None,          # where the tensors live; None: the CPU
@@ -68,3 +68,31 @@ def train_digits(make: Callable,  # make(params) -> an optimizer, or a tuple of 
         sync(); clock.append(time.perf_counter() - start)
     with torch.no_grad(): test_acc = (net(X_te).argmax(1) == y_te).float().mean().item()
     return DigitsRun(torch.stack(losses).cpu(), torch.stack(accs).cpu(), clock, test_acc)
+
+# %% ../nbs/92_digits.ipynb #dgp00001
+def digits_problem(data: tuple,        # (X_tr, y_tr, X_te, y_te) from `digits_split`
+                   hidden: int = 64,   # width of the hidden layer
+                   batch: int | None = None):  # minibatch size; None: full batch (the loss is deterministic)
+    "The digits MLP as a problem for `optbook.compare`: `problem(seed)` -> (net, loss_fn), the net initialized by `seed` as in `train_digits`."
+    hidden = check_int("hidden", hidden)
+    if batch is not None: batch = check_int("batch", batch)
+    X_tr, y_tr, X_te, y_te = data
+    def problem(seed: int):
+        torch.manual_seed(seed)
+        net = torch.nn.Sequential(torch.nn.Linear(X_tr.shape[1], hidden), torch.nn.Tanh(),
+                                  torch.nn.Linear(hidden, int(y_tr.max()) + 1)).to(X_tr.device)
+        full = lambda: torch.nn.functional.cross_entropy(net(X_tr), y_tr)
+        if batch is None: return net, full
+        gen = torch.Generator(device=X_tr.device).manual_seed(seed)   # the data order follows the seed
+        def loss_fn():
+            idx = torch.randint(len(X_tr), (batch,), generator=gen, device=X_tr.device)
+            return torch.nn.functional.cross_entropy(net(X_tr[idx]), y_tr[idx])
+        loss_fn.evaluate = full          # the trace reports the full training loss
+        loss_fn.net = net
+        return net, loss_fn
+    return problem
+
+def test_accuracy(net: torch.nn.Module, data: tuple) -> float:
+    "The share of the test split that `net` classifies correctly."
+    X_tr, y_tr, X_te, y_te = data
+    with torch.no_grad(): return (net(X_te).argmax(1) == y_te).float().mean().item()
