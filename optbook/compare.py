@@ -172,7 +172,7 @@ def sweep(problem: Callable,   # problem(seed) -> (params, loss_fn), as for `run
           extend: int = 4,     # how many times a grid may grow by one point past the edge where the best η sits
           show: bool = False,  # a progress bar over the runs (tqdm, when installed)
           **run_options) -> Sweep:  # more options for `run_budget` (blowup)
-    "Tune every method on its own log grid of η (and `hparams`) at the same budget, extending a grid whose best η is at an edge; a `RuntimeError` if it still is."
+    "Tune every method on its own log grid of η (and `hparams`) at the same budget, extending a grid whose best η is at an edge (downward if every run diverged); a `RuntimeError` if it still is."
     budget = check_int("budget", budget)
     seeds = tuple(check_int("seed", s, lo=0) for s in seeds)
     if not seeds: raise ValueError("sweep needs at least one seed")
@@ -194,15 +194,17 @@ def sweep(problem: Callable,   # problem(seed) -> (params, loss_fn), as for `run
             grid = out.grids[name]
             cands = [(_score(out.finals(name, lr, hp)), i, lr, hp) for hp in out.settings[name] for i, lr in enumerate(grid)]
             score, i, lr, hp = min(cands, key=lambda c: (c[0], c[1]))
-            if 0 < i < len(grid) - 1 or not math.isfinite(score): break
+            if not math.isfinite(score): i = 0        # every run diverged: look at smaller learning rates
+            elif 0 < i < len(grid) - 1: break
             step = grid[1] / grid[0] if i == 0 else grid[-1] / grid[-2]
             new = grid[0] / step if i == 0 else grid[-1] * step
             out.grids[name] = sorted(grid + [new])
             for hp_ in out.settings[name]: run(name, new, hp_)
         else:
+            if not math.isfinite(score):
+                raise RuntimeError(f"{name}: every run diverged, down to η = {out.grids[name][0]:.3g}; choose smaller learning rates")
             raise RuntimeError(f"{name}: the best learning rate {lr:.3g} is still at the edge of the grid "
                                f"{out.grids[name][0]:.3g}..{out.grids[name][-1]:.3g} after {extend} extensions")
-        if not math.isfinite(score): raise RuntimeError(f"{name}: every run diverged; choose smaller learning rates")
         out.best[name] = Best(lr, hp, score, out.runs[(name, lr, tuple(sorted(hp.items())))])
     return out
 
