@@ -3,9 +3,10 @@ iterate over each option grid, resume, state_dict swaps, devices, compile, ...) 
 tests/test_registry.py.
 
 Here: Adagrad's state created at construction, lr_decay with per-parameter steps and initial_accumulator_value;
-where RMSprop's lr goes under a scheduler with centered + momentum; Adadelta's rho = 1 edge; capturable refused;
-and mutants of the rules (ε inside or outside the root, lr inside the momentum buffer, Adadelta's lr ignored) that
-the comparison with torch must reject."""
+where RMSprop's lr goes under a scheduler with centered + momentum; all three under a LambdaLR that changes lr at
+every step (iterates and state equal torch's), and Graves's form of RMSprop (lr inside the momentum buffer) failing
+that check on the iterates; Adadelta's rho = 1 edge; capturable refused; and mutants of the rules (ε inside or outside
+the root, Adadelta's lr ignored) that the comparison with torch must reject."""
 import copy
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 import optbook.adaptive as adaptive
 from optbook.adaptive import Adadelta, Adagrad, RMSprop, adadelta_update, adagrad_update, rmsprop_update
-from test_registry import REGISTRY, assert_paths_close, groups, make_params, run
+from test_registry import REGISTRY, assert_paths_close, assert_states_equal, groups, make_params, run
 
 F64 = torch.float64
 ENTRIES = {e.name: e for e in REGISTRY if e.name in ("Adagrad", "RMSprop", "Adadelta")}
@@ -176,20 +177,59 @@ def test_comparison_catches_wrong_rules(name, mutant, kw, foreach, monkeypatch):
         assert_paths_close(*paths(name, kw, foreach))
 
 
+# Under a learning-rate schedule that changes lr at every step. With a constant lr, Graves's form of RMSprop with momentum
+# (η inside the buffer) gives the same iterates as torch's (η outside), so only a changing lr tells them apart on the
+# iterates themselves; the state_dict comparison would notice the buffer's scale (w = ηb), but that is indirect.
+LR_FACTORS = (1.0, 0.3, 2.0, 0.7, 1.5, 0.1)          # LambdaLR's factor at scheduler count k: lr changes at every step
+
+def every_step(k): return LR_FACTORS[k % len(LR_FACTORS)]
+
+SCHEDULED = [
+    ("RMSprop", dict(lr=0.01, momentum=0.9)),
+    ("RMSprop", dict(lr=0.02, alpha=0.9, momentum=0.5, centered=True, eps=1e-4, weight_decay=0.01)),
+    ("RMSprop", dict(lr=0.01, alpha=0.9)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.1, weight_decay=0.01)),
+    ("Adadelta", dict(lr=0.5, rho=0.9, eps=1e-4, weight_decay=0.01)),
+]
+
+
+def scheduled(cls, name, kw, foreach, factor=every_step, steps=24):
+    "Iterates (and the optimizer) of `cls` under LambdaLR(factor) on the registry's problem; lr is read before each step."
+    e = ENTRIES[name]
+    ps = make_params(e)
+    opt = cls(groups(ps, kw), foreach=foreach, **kw)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    path, lrs = [], []
+    for k in range(steps):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        p, _, _ = run(lambda _: opt, e, 1, params=ps, start=k); path += p
+        sched.step()
+    return path, lrs, opt
+
+
 @FOREACH
-def test_rmsprop_lr_inside_the_buffer_is_caught_only_when_lr_changes(foreach, monkeypatch):
-    "Graves's form equals torch's for a constant lr (to rounding) and departs from it once a scheduler changes lr."
-    e, kw = ENTRIES["RMSprop"], dict(lr=0.01, momentum=0.9)
-    def with_schedule(cls):
-        ps = make_params(e)
-        opt = cls(groups(ps, kw), foreach=foreach, **kw)
-        path = []
-        for k in range(10):
-            if k == 5:
-                for g in opt.param_groups: g["lr"] *= 0.1
-            p, _, _ = run(lambda _: opt, e, 1, params=ps, start=k); path += p
-        return path
-    ref = with_schedule(e.reference)
+@pytest.mark.parametrize("name, kw", SCHEDULED, ids=[f"{n}-{i}" for i, (n, _) in enumerate(SCHEDULED)])
+def test_under_a_schedule_that_changes_lr_every_step(name, kw, foreach):
+    "float64, tight tolerance: every iterate and the final state_dict equal torch.optim's while lr changes at every step."
+    e = ENTRIES[name]
+    ours, lrs_o, o = scheduled(e.cls, name, kw, foreach)
+    ref, lrs_r, r = scheduled(e.reference, name, kw, foreach)
+    assert lrs_o == lrs_r and all(a[0] != b[0] for a, b in zip(lrs_o, lrs_o[1:]))   # lr really changes every step
+    assert_paths_close(ours, ref)
+    assert_states_equal(o.state_dict()["state"], r.state_dict()["state"], close=True)
+
+
+@FOREACH
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_graves_form_fails_the_schedule_check(momentum, foreach, monkeypatch):
+    """The Graves-form mutant (η inside the momentum buffer) matches torch's iterates for a constant lr, to rounding, and
+    is caught by the iterates alone (not by the state) as soon as the schedule changes lr."""
+    e, kw = ENTRIES["RMSprop"], dict(lr=0.01, momentum=momentum)
+    constant = lambda k: 1.0
+    ref_const, _, _ = scheduled(e.reference, "RMSprop", kw, foreach, constant)
+    ref_sched, _, _ = scheduled(e.reference, "RMSprop", kw, foreach)
+    assert_paths_close(scheduled(e.cls, "RMSprop", kw, foreach)[0], ref_sched)           # the real rule passes
     monkeypatch.setattr(adaptive, "rmsprop_update", _rmsprop_lr_inside_buffer)
-    assert_paths_close(*paths("RMSprop", kw, foreach), rtol=1e-10, atol=1e-13)
-    with pytest.raises(AssertionError): assert_paths_close(with_schedule(e.cls), ref)
+    assert_paths_close(scheduled(e.cls, "RMSprop", kw, foreach, constant)[0], ref_const, rtol=1e-10, atol=1e-13)
+    with pytest.raises(AssertionError, match="step 2,"):                                   # lr changed after step 1
+        assert_paths_close(scheduled(e.cls, "RMSprop", kw, foreach)[0], ref_sched)
