@@ -72,8 +72,10 @@ def train_digits(make: Callable,  # make(params) -> an optimizer, or a tuple of 
 # %% ../nbs/92_digits.ipynb #dgp00001
 def digits_problem(data: tuple,        # (X_tr, y_tr, X_te, y_te) from `digits_split`
                    hidden: int = 64,   # width of the hidden layer
-                   batch: int | None = None):  # minibatch size; None: full batch (the loss is deterministic)
+                   batch: int | None = None,   # minibatch size; None: full batch (the loss is deterministic)
+                   report: str = "train"):     # the loss the trace reports and the tuning ranks: "train" or "test" (held out)
     "The digits MLP as a problem for `optbook.compare`: `problem(seed)` -> (net, loss_fn), the net initialized by `seed` as in `train_digits`."
+    if report not in ("train", "test"): raise ValueError(f"Invalid report: {report!r} (must be 'train' or 'test')")
     hidden = check_int("hidden", hidden)
     if batch is not None: batch = check_int("batch", batch)
     X_tr, y_tr, X_te, y_te = data
@@ -82,12 +84,17 @@ def digits_problem(data: tuple,        # (X_tr, y_tr, X_te, y_te) from `digits_s
         net = torch.nn.Sequential(torch.nn.Linear(X_tr.shape[1], hidden), torch.nn.Tanh(),
                                   torch.nn.Linear(hidden, int(y_tr.max()) + 1)).to(X_tr.device)
         full = lambda: torch.nn.functional.cross_entropy(net(X_tr), y_tr)
-        if batch is None: return net, full
+        held_out = lambda: torch.nn.functional.cross_entropy(net(X_te), y_te)
+        if batch is None:
+            if report == "train": return net, full
+            loss_fn = lambda: full()
+            loss_fn.evaluate, loss_fn.net = held_out, net
+            return net, loss_fn
         gen = torch.Generator(device=X_tr.device).manual_seed(seed)   # the data order follows the seed
         def loss_fn():
             idx = torch.randint(len(X_tr), (batch,), generator=gen, device=X_tr.device)
             return torch.nn.functional.cross_entropy(net(X_tr[idx]), y_tr[idx])
-        loss_fn.evaluate = full          # the trace reports the full training loss
+        loss_fn.evaluate = full if report == "train" else held_out   # the trace reports a full-data loss
         loss_fn.net = net
         return net, loss_fn
     return problem
