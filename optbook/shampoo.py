@@ -27,7 +27,7 @@ def shampoo_update(
     Q: Tensor | None = None,     # Q: right statistic εI + Σ gᵀ g (matrices); None for vectors
     P_root: Tensor | None = None,  # P^{-1/4}, refreshed every `every` steps
     Q_root: Tensor | None = None,  # Q^{-1/4}, refreshed every `every` steps
-    G: Tensor | None = None,     # G: diagonal statistic ε + Σ g⊙g (vectors and scalars); None for matrices
+    G: Tensor | None = None,     # G: diagonal statistic ε + Σ g⊙g (vectors; matrices when grafting); else None
     m: Tensor | None = None,     # m: momentum buffer; None without momentum
     *,
     t: int,                      # t: this step, counted from 1
@@ -37,20 +37,30 @@ def shampoo_update(
     lam: float | Tensor | None,  # λ: decoupled weight decay; None for none
     every: int,                  # recompute the inverse roots at steps 1, 1 + every, 1 + 2·every, ...
     maximize: bool,              # maximize the objective: use −g
+    beta2: float | None = None,  # β₂: statistics as moving averages S ← β₂S + (1−β₂)·(new), read bias-corrected; None: sums
+    graft: bool = False,         # matrices: keep Shampoo's direction, take its Frobenius norm from the AdaGrad step g/√G
 ) -> None:
     "One Shampoo step, in place: d = P^{-1/4} g Q^{-1/4} for matrices (g reshaped to (rows, −1)), d = g/√G for vectors."
     if maximize: g = -g
+    w = 1 if beta2 is None else 1 - beta2      # weight of the new term: 1 for sums, 1 − β₂ for moving averages
+    bc = 1 if beta2 is None else 1 - beta2**t  # bias correction of a moving average (sums need none)
+    if G is not None:                          # the diagonal statistic: AdaGrad (or RMSprop with β₂)
+        if beta2 is not None: G.mul_(beta2)
+        G.addcmul_(g, g, value=w)              # G ← G + g⊙g   (or β₂G + (1−β₂) g⊙g)
+        a = g / (G / bc).sqrt()                # the diagonal step g/√G
     if P is None:                              # vectors and scalars: diagonal AdaGrad, the order-1 case of Shampoo
-        G.addcmul_(g, g)                       # G ← G + g⊙g
-        d = g / G.sqrt()
+        d = a
     else:
         g2 = g.reshape(g.shape[0], -1)         # convolutions: (out, in·kh·kw)
-        P.addmm_(g2, g2.mT)                    # P ← P + g gᵀ
-        Q.addmm_(g2.mT, g2)                    # Q ← Q + gᵀ g
+        if beta2 is not None: P.mul_(beta2); Q.mul_(beta2)
+        P.addmm_(g2, g2.mT, alpha=w)           # P ← P + g gᵀ   (or β₂P + (1−β₂) g gᵀ)
+        Q.addmm_(g2.mT, g2, alpha=w)           # Q ← Q + gᵀ g
         if (t - 1) % every == 0:               # amortized: the roots are refreshed only every `every` steps
-            P_root.zero_().add_(inv_root(P, eps))  # written in place (zero_ + add_: copy_ trips FakeTensorMode's device check)
-            Q_root.zero_().add_(inv_root(Q, eps))
+            P_root.zero_().add_(inv_root(P / bc, eps))  # in place (zero_ + add_: copy_ trips FakeTensorMode's device check)
+            Q_root.zero_().add_(inv_root(Q / bc, eps))
         d = (P_root @ g2 @ Q_root).view_as(g)  # d ← P^{-1/4} g Q^{-1/4}
+        if graft:                              # grafting: Shampoo's direction with the diagonal step's length
+            d = d * (a.norm() / d.norm().clamp_min(torch.finfo(d.dtype).tiny))
     if beta is not None:
         m.mul_(beta).add_(d)                   # m ← βm + d
         d = m
@@ -66,18 +76,21 @@ class Shampoo(Optimizer):
     columns, e.g. a badly conditioned, rotated loss. It costs two eigendecompositions per matrix every
     `precondition_frequency` steps, O(p³ + q³) for a p × q matrix, and the memory of p² + q² numbers per matrix
     (four matrices: P, Q and their roots). Not for layers with a huge side (an embedding with a 50 000-word
-    vocabulary would need a 50 000² factor): give those to Adam. torch.optim has no Shampoo.
+    vocabulary would need a 50 000² factor): give those to Adam. torch.optim has no Shampoo. In practice
+    `grafting="adagrad"` (the step length of AdaGrad, the direction of Shampoo) makes η transferable from AdaGrad.
 
     {state_table}
 
     With $g_t$ the gradient (negated if `maximize`), reshaped to $p\times q$ = (rows, −1) when it has more than two
     dimensions, $\eta$ = `lr`, $\varepsilon$ = `eps`, $\beta$ = `momentum`, $\lambda$ = `weight_decay`,
-    $P_0 = \varepsilon I_p$, $Q_0 = \varepsilon I_q$, $m_0 = 0$:
+    $\beta_2$ = `beta2`, $P_0 = \varepsilon I_p$, $Q_0 = \varepsilon I_q$, $m_0 = 0$; with $\beta_2 = 1$ (the default)
+    read $w = 1$ and $b_t = 1$, else $w = 1-\beta_2$ and $b_t = 1-\beta_2^t$:
 
     $$
     \begin{align*}
-    P_t &\leftarrow P_{t-1} + g_t g_t^\top, \qquad Q_t \leftarrow Q_{t-1} + g_t^\top g_t,\\
-    d_t &\leftarrow P_s^{-1/4}\, g_t\, Q_s^{-1/4}, \quad s = \text{the last step} \le t \text{ with } (s-1) \bmod f = 0 \ (f = \texttt{precondition\_frequency}),\\
+    P_t &\leftarrow \beta_2 P_{t-1} + w\, g_t g_t^\top, \qquad Q_t \leftarrow \beta_2 Q_{t-1} + w\, g_t^\top g_t,\\
+    d_t &\leftarrow (P_s/b_s)^{-1/4}\, g_t\, (Q_s/b_s)^{-1/4}, \quad s = \text{the last step} \le t \text{ with } (s-1) \bmod f = 0 \ (f = \texttt{precondition\_frequency}),\\
+    d_t &\leftarrow d_t\,\lVert a_t\rVert_F/\lVert d_t\rVert_F \quad (\text{only with grafting; } a_t = g_t/\sqrt{G_t/b_t},\ G_t \leftarrow \beta_2 G_{t-1} + w\, g_t\odot g_t,\ G_0 = \varepsilon),\\
     m_t &\leftarrow \beta\, m_{t-1} + d_t \quad (\text{skipped, with } m_t = d_t, \text{ if } \beta = 0),\\
     \theta_t &\leftarrow (1-\eta\lambda)\,\theta_{t-1} - \eta\, m_t.
     \end{align*}
@@ -85,24 +98,30 @@ class Shampoo(Optimizer):
 
     Vectors and scalars (biases, norm gains) take the order-1 case, diagonal AdaGrad: $G_t \leftarrow G_{t-1} +
     g_t\odot g_t$ with $G_0 = \varepsilon$, and $d_t = g_t/\sqrt{G_t}$; this equals `torch.optim.Adagrad(lr=η,
-    initial_accumulator_value=ε, eps=0)`.
+    initial_accumulator_value=ε, eps=0)` (with $\beta_2 < 1$: RMSprop with bias correction, ε inside the root).
 
     Conventions: with `precondition_frequency=1`, `momentum=0`, `weight_decay=0` this is the paper's algorithm
     for matrices ($L_t, R_t$ there are $P_t, Q_t$ here). ε is added once, as $\varepsilon I$ at the start of the
     statistics (the paper's choice), not at every step; computed eigenvalues below ε (round-off: they are
     $\ge\varepsilon$ in exact arithmetic) are raised to ε. The inverse roots come from `torch.linalg.eigh`
     (in float32 for bf16/fp16 parameters; the state keeps the parameter's dtype, as in torch). Momentum
-    accumulates the preconditioned direction, and weight decay is decoupled; neither is in the paper. No
-    grafting, no exponential moving average of the statistics (they are sums, as in the paper), no blocking of
-    large matrices. `foreach` is accepted for a uniform signature and ignored: every matrix is updated alone.
+    accumulates the preconditioned direction, and weight decay is decoupled; neither is in the paper.
+    `grafting="adagrad"` (Agarwal et al. 2020; Anil et al. 2020) rescales each matrix's direction to the
+    Frobenius norm of the AdaGrad step (RMSprop's with $\beta_2 < 1$), whose statistic $G$ it keeps in `sum`;
+    on vectors it changes nothing. `beta2 < 1` turns every statistic into a bias-corrected moving average, as in
+    Distributed Shampoo (Shi et al. 2023); ε then fades from $P_t$ and survives as the eigenvalue floor. No
+    blocking of large matrices. `foreach` is accepted for a uniform signature and ignored: every matrix is
+    updated alone.
 
-    References: Gupta, Koren & Singer (2018), Shampoo: Preconditioned Stochastic Tensor Optimization, ICML.
+    References: Gupta, Koren & Singer (2018), Shampoo: Preconditioned Stochastic Tensor Optimization, ICML;
+    Anil, Gupta, Koren, Regan & Singer (2020), Scalable Second Order Optimization for Deep Learning;
+    Shi et al. (2023), A Distributed Data-Parallel PyTorch Implementation of the Distributed Shampoo Optimizer.
     """
     state_keys = {"P": ("L", "left statistic εI + Σ g gᵀ (matrices; the paper's L)"),
                   "Q": ("R", "right statistic εI + Σ gᵀ g (matrices; the paper's R)"),
                   "P^{-1/4}": ("L_inv_root", "the left preconditioner, refreshed every `precondition_frequency` steps"),
                   "Q^{-1/4}": ("R_inv_root", "the right preconditioner, refreshed every `precondition_frequency` steps"),
-                  "G": ("sum", "diagonal statistic ε + Σ g⊙g (vectors and scalars, as torch's Adagrad)"),
+                  "G": ("sum", "diagonal statistic ε + Σ g⊙g (vectors and scalars, as torch's Adagrad; matrices when grafting)"),
                   "m": ("momentum_buffer", "momentum of the preconditioned directions; only when momentum != 0")}
     uses_step = True
     per_matrix = True          # whole tensors: never batched into a TensorList; DTensor shards are gathered
@@ -115,6 +134,8 @@ class Shampoo(Optimizer):
                  momentum: float = 0,     # β: momentum on the preconditioned direction; 0 for none
                  weight_decay: float = 0, # λ: decoupled weight decay
                  *,
+                 beta2: float = 1.0,      # β₂ in (0, 1]: 1 sums the statistics (the paper); < 1 averages them (bias-corrected)
+                 grafting: str | None = None,  # None, or "adagrad": each matrix's step takes the AdaGrad step's norm
                  maximize: bool = False,  # maximize the objective instead of minimizing it
                  foreach: bool | None = None,   # ignored (kept for a uniform signature): matrices are updated one by one
                  differentiable: bool = False,  # not supported (raises)
@@ -122,8 +143,11 @@ class Shampoo(Optimizer):
         check_nonneg("lr", lr); check_nonneg("weight_decay", weight_decay); check_range("momentum", momentum, 0.0, 1.0)
         if not float(eps) > 0: raise ValueError(f"Invalid eps: {eps!r} (must be > 0: P and Q start at eps·I)")
         check_int("precondition_frequency", precondition_frequency)
+        if not 0 < float(beta2) <= 1: raise ValueError(f"Invalid beta2: {beta2!r} (must be in (0, 1]; 1 sums the statistics)")
+        if grafting not in (None, "adagrad"): raise ValueError(f"Invalid grafting: {grafting!r} (must be None or 'adagrad')")
         super().__init__(params, dict(lr=lr, eps=eps, precondition_frequency=precondition_frequency, momentum=momentum,
-                                      weight_decay=weight_decay, maximize=maximize, foreach=foreach,
+                                      weight_decay=weight_decay, beta2=beta2, grafting=grafting,
+                                      maximize=maximize, foreach=foreach,
                                       differentiable=differentiable, fused=fused))
 
     def init_state(self, p, group):
@@ -132,6 +156,7 @@ class Shampoo(Optimizer):
             rows, cols = p.shape[0], p.numel() // p.shape[0]
             s = {"P": eps * torch.eye(rows, **like), "Q": eps * torch.eye(cols, **like),
                  "P^{-1/4}": torch.zeros(rows, rows, **like), "Q^{-1/4}": torch.zeros(cols, cols, **like)}
+            if group["grafting"] is not None: s["G"] = torch.full_like(p, eps, memory_format=torch.preserve_format)
         else:
             s = {"G": torch.full_like(p, eps, memory_format=torch.preserve_format)}
         if group["momentum"] != 0: s["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -139,7 +164,8 @@ class Shampoo(Optimizer):
 
     def hyper(self, group):
         return dict(eta=group["lr"], eps=group["eps"], beta=off(group["momentum"]), lam=off(group["weight_decay"]),
-                    every=group["precondition_frequency"], maximize=group["maximize"])
+                    every=group["precondition_frequency"], maximize=group["maximize"],
+                    beta2=None if float(group["beta2"]) == 1 else group["beta2"], graft=group["grafting"] is not None)
 
     def update(self, p, g, s, h, *, t=None, first=False):
         shampoo_update(p, g, s.get("P"), s.get("Q"), s.get("P^{-1/4}"), s.get("Q^{-1/4}"), s.get("G"),

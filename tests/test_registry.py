@@ -195,7 +195,9 @@ REGISTRY = [
         dict(lr=0.3, eps=0.1, momentum=0.5, weight_decay=1e-9),
     ], grid=[dict(lr=0.1, eps=e, precondition_frequency=f, momentum=m, weight_decay=w, maximize=x)
              for (e, f), m, w, x in itertools.product(((1e-3, 1), (0.1, 1), (1.0, 3)), (0.0, 0.9), (0.0, 0.1),
-                                                      (False, True))],
+                                                      (False, True))]
+           + [dict(lr=0.1, eps=e, precondition_frequency=f, beta2=b2, grafting=gr, momentum=0.5)   # practical forms
+              for (e, f), b2, gr in itertools.product(((0.1, 1), (1.0, 3)), (1.0, 0.9), (None, "adagrad"))],
        torch_state=False, complex_ok=False, rosenbrock=dict(lr=0.5),
        bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=0.0), dict(eps=-1e-6), dict(momentum=1.0),
                  dict(weight_decay=-0.1), dict(precondition_frequency=0)],

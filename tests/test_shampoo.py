@@ -3,12 +3,12 @@
 - `KronShampooReference`: Shampoo written independently of optbook, with the full (P ⊗ Q) preconditioner built by
   `torch.kron` and its −1/4 power taken as one (pq × pq) matrix; the registry compares optbook.Shampoo with it;
 - vectors follow torch.optim.Adagrad(initial_accumulator_value=eps, eps=0); convolutions are (out, −1) matrices;
-- precondition_frequency keeps the roots fixed between refreshes; refused options; bf16 runs.
+- precondition_frequency keeps the roots fixed between refreshes; refused options; bf16 runs;
+- beta2 < 1 (bias-corrected moving averages) and grafting="adagrad" (Shampoo's direction, AdaGrad's norm).
 """
 import pytest
 import torch
 
-import test_registry as R     # a plain import: test_registry imports this module while building its REGISTRY
 
 pytestmark = pytest.mark.filterwarnings("error")
 F64 = torch.float64
@@ -17,9 +17,10 @@ F64 = torch.float64
 class KronShampooReference(torch.optim.Optimizer):
     "Shampoo from Gupta, Koren & Singer (2018), written without optbook: the dense Kronecker form, in float64."
     def __init__(self, params, lr=1e-2, eps=1e-6, precondition_frequency=1, momentum=0, weight_decay=0, *,
-                 maximize=False, foreach=None):
+                 beta2=1.0, grafting=None, maximize=False, foreach=None):
         super().__init__(params, dict(lr=lr, eps=eps, precondition_frequency=precondition_frequency,
-                                      momentum=momentum, weight_decay=weight_decay, maximize=maximize))
+                                      momentum=momentum, weight_decay=weight_decay, beta2=beta2, grafting=grafting,
+                                      maximize=maximize))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -27,27 +28,32 @@ class KronShampooReference(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad(): loss = closure()
         for group in self.param_groups:
-            eps = group["eps"]
+            eps, b2 = group["eps"], group["beta2"]
+            w = 1.0 if b2 == 1 else 1 - b2                      # sums (the paper), or moving averages
             for p in group["params"]:
                 if p.grad is None: continue
                 g = (-p.grad if group["maximize"] else p.grad).to(F64)
                 st = self.state[p]
                 st["t"] = st.get("t", 0) + 1
+                bc = 1.0 if b2 == 1 else 1 - b2 ** st["t"]      # bias correction of the moving averages
+                st["diag"] = b2 * st.get("diag", torch.full(p.shape, eps, dtype=F64)) + w * g * g
+                adagrad_step = g / torch.sqrt(st["diag"] / bc)  # AdaGrad's (RMSprop's) step: vectors, and the graft
                 if p.dim() >= 2:
                     G = g.reshape(p.shape[0], -1)
                     if "left" not in st:
                         st["left"] = eps * torch.eye(G.shape[0], dtype=F64)
                         st["right"] = eps * torch.eye(G.shape[1], dtype=F64)
-                    st["left"] = st["left"] + G @ G.T
-                    st["right"] = st["right"] + G.T @ G
+                    st["left"] = b2 * st["left"] + w * G @ G.T
+                    st["right"] = b2 * st["right"] + w * G.T @ G
                     if (st["t"] - 1) % group["precondition_frequency"] == 0:
-                        K = torch.kron(st["left"], st["right"])          # (P ⊗ Q): row-major vec(P X Q) = (P ⊗ Q) vec(X)
+                        K = torch.kron(st["left"] / bc, st["right"] / bc)  # (P ⊗ Q): row-major vec(P X Q) = (P ⊗ Q) vec(X)
                         h, V = torch.linalg.eigh(K)
                         st["kron_inv_root"] = V @ torch.diag(h.clamp_min(eps * eps) ** -0.25) @ V.T
                     d = (st["kron_inv_root"] @ G.flatten()).reshape(p.shape)
+                    if group["grafting"] == "adagrad":
+                        d = d * torch.linalg.norm(adagrad_step) / torch.linalg.norm(d)
                 else:
-                    st["sum"] = st.get("sum", torch.full(p.shape, eps, dtype=F64)) + g * g
-                    d = g / torch.sqrt(st["sum"])
+                    d = adagrad_step
                 if group["momentum"]:
                     st["buf"] = group["momentum"] * st.get("buf", torch.zeros_like(d)) + d
                     d = st["buf"]
@@ -78,6 +84,45 @@ def test_vectors_follow_torch_adagrad():
     torch.testing.assert_close(ours.state[a]["sum"], ref.state[b]["sum"])
 
 
+def test_beta2_vectors_are_bias_corrected_rmsprop():
+    "With beta2 < 1 a vector's step is g/sqrt(G/(1 - beta2^t)), G a moving average of g*g started at eps."
+    from optbook.shampoo import Shampoo
+    a = torch.randn(5, dtype=F64)
+    x, opt = a.clone(), Shampoo([a], lr=0.1, eps=1e-3, beta2=0.9)
+    G = torch.full((5,), 1e-3, dtype=F64)
+    for t in range(1, 11):
+        g = torch.randn(5, dtype=F64, generator=torch.Generator().manual_seed(t))
+        a.grad = g.clone(); opt.step()
+        G = 0.9 * G + 0.1 * g * g
+        x = x - 0.1 * g / torch.sqrt(G / (1 - 0.9**t))
+    torch.testing.assert_close(a, x, rtol=1e-13, atol=1e-15)
+
+
+def test_grafting_keeps_the_direction_and_takes_the_adagrad_norm():
+    from optbook.shampoo import Shampoo
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 3, dtype=F64, generator=gen)
+    grads = [torch.randn(4, 3, dtype=F64, generator=gen) for _ in range(6)]
+    plain, graft = x0.clone(), x0.clone()
+    o_p, o_g = Shampoo([plain], lr=0.1, eps=1e-3), Shampoo([graft], lr=0.1, eps=1e-3, grafting="adagrad")
+    G = torch.full((4, 3), 1e-3, dtype=F64)
+    for g in grads:
+        before_p, before_g = plain.clone(), graft.clone()
+        plain.grad, graft.grad = g.clone(), g.clone(); o_p.step(); o_g.step()
+        G = G + g * g
+        step_p, step_g = before_p - plain, before_g - graft
+        assert abs(torch.linalg.norm(step_g) - 0.1 * torch.linalg.norm(g / G.sqrt())) < 1e-12
+        torch.testing.assert_close(step_g / torch.linalg.norm(step_g), step_p / torch.linalg.norm(step_p))
+    torch.testing.assert_close(o_g.state[graft]["sum"], G)
+    assert "sum" not in o_p.state[plain]
+    v, w = torch.randn(5, dtype=F64), None        # vectors: grafting AdaGrad onto AdaGrad changes nothing
+    w = v.clone()
+    o_v, o_w = Shampoo([v], lr=0.1, grafting="adagrad"), Shampoo([w], lr=0.1)
+    for g in grads:
+        v.grad, w.grad = g[0, :].repeat(2)[:5].clone(), g[0, :].repeat(2)[:5].clone(); o_v.step(); o_w.step()
+    assert torch.equal(v, w)
+
+
 def test_convolution_is_an_out_by_rest_matrix():
     from optbook.shampoo import Shampoo
     w = torch.randn(4, 2, 3, 3, dtype=F64)
@@ -103,7 +148,8 @@ def test_roots_stay_fixed_between_refreshes():
 
 
 @pytest.mark.parametrize("kw", [dict(eps=0.0), dict(eps=-1.0), dict(precondition_frequency=0),
-                                dict(precondition_frequency=1.5), dict(momentum=1.0), dict(weight_decay=-1.0)])
+                                dict(precondition_frequency=1.5), dict(momentum=1.0), dict(weight_decay=-1.0),
+                                dict(beta2=0.0), dict(beta2=1.5), dict(grafting="adam")])
 def test_bad_options_are_refused(kw):
     from optbook.shampoo import Shampoo
     with pytest.raises(ValueError, match=next(iter(kw))): Shampoo([torch.zeros(2, 2)], **kw)
@@ -126,5 +172,6 @@ def test_bf16_matrix_steps_stay_finite():
 
 
 def test_registry_reference_is_this_module():
+    import test_registry as R   # imported here: test_registry imports this module while building its REGISTRY
     entry = next(e for e in R.REGISTRY if e.name == "Shampoo")
     assert entry.reference.__name__ == "KronShampooReference"
