@@ -17,7 +17,7 @@ from .core import progress as _progress   # a tqdm bar when asked and installed 
 
 # %% auto #0
 __all__ = ['check_budget', 'check_box', 'check_inputs', 'cross_entropy_sum', 'frozen', 'input_grad', 'accuracy_under_attack',
-           'fgsm', 'pgd', 'margin', 'cw']
+           'fgsm', 'pgd', 'margin', 'margin_loss', 'cw']
 
 # %% ../nbs/11_attack.ipynb #att00006
 def check_budget(name: str,  # the argument's name, as the user spells it
@@ -155,6 +155,12 @@ def margin(z: Tensor,          # logits, (N, classes)
     is_y = torch.nn.functional.one_hot(y, z.shape[1]).bool()
     z_y, z_other = torch.where(is_y, z, 0).sum(1), z.masked_fill(is_y, -math.inf).amax(1)
     return z_other - z_y if targeted else z_y - z_other
+
+def margin_loss(z: Tensor,  # logits, (N, classes)
+                y: Tensor   # labels, (N,)
+               ) -> Tensor:
+    "The C&W-style margin loss for `pgd`/`fgsm`: −Σᵢ s(xᵢ) = Σᵢ (max_{j≠yᵢ} z_j − z_{yᵢ}); ascending it shrinks each margin (targeted: descending it makes y lead)."
+    return -margin(z, y).sum()
 
 def cw(model,                         # the classifier: inputs -> logits
        x: Tensor,                     # x: clean inputs inside the box

@@ -7,7 +7,8 @@
 - C&W runs `optbook.Adam` (recorded by a monkeypatch) and equals an independent loop with `torch.optim.Adam` in float64;
 - the model's mode, parameters, gradients and requires_grad flags are unchanged, also when the attack raises;
 - bad arguments raise a ValueError naming the value; seeds reproduce; FakeTensorMode "cuda"; real CUDA when present;
-- edge cases: an empty batch, a batch of one, a tie (s = 0 is no success), bf16/fp16 inputs (w kept in float32).
+- edge cases: an empty batch, a batch of one, a tie (s = 0 is no success), bf16/fp16 inputs (w kept in float32);
+- margin_loss: its value and gradient, PGD with it (untargeted and targeted).
 """
 import copy, math
 
@@ -17,7 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 import optbook
 import optbook.attack as A
-from optbook.attack import accuracy_under_attack, cw, fgsm, margin, pgd
+from optbook.attack import accuracy_under_attack, cw, fgsm, margin, margin_loss, pgd
 
 pytestmark = pytest.mark.filterwarnings("error")
 F64 = torch.float64
@@ -215,6 +216,25 @@ def test_margin():
     y = torch.tensor([0, 1])
     assert torch.equal(margin(z, y), torch.tensor([1.0, 0.0]))              # 3 − 2; a tie is not a success
     assert torch.equal(margin(z, torch.tensor([2, 0]), targeted=True), torch.tensor([1.0, 5.0]))
+    assert margin_loss(z, y).item() == -1.0                                  # −Σ s = −(1 + 0)
+
+
+def test_pgd_with_the_margin_loss(digits):
+    "PGD ascending margin_loss lowers the accuracy like the cross-entropy; targeted PGD descending it reaches the target."
+    net, x, y = digits
+    clean = accuracy_under_attack(net, x, y)
+    x_m = pgd_seeded(net, x, y, 0.1, steps=20, loss_fn=margin_loss)
+    assert in_ball_and_box(x_m, x, 0.1)
+    acc_m = accuracy_under_attack(net, x_m, y)
+    acc_ce = accuracy_under_attack(net, pgd_seeded(net, x, y, 0.1, steps=20), y)
+    assert acc_m < clean - 0.3 and abs(acc_m - acc_ce) < 0.1
+    with torch.no_grad(): assert (margin(net(x_m), y) < margin(net(x), y)).float().mean() > 0.95   # margins shrink
+    target = (y + 1) % 10
+    x_t = pgd_seeded(net, x, target, 0.3, steps=30, targeted=True, loss_fn=margin_loss)
+    with torch.no_grad(): assert (net(x_t).argmax(1) == target).float().mean() > 0.9
+    g = torch.zeros(2, 3, requires_grad=True)                                # the gradient: +1 on the runner-up, −1 on y
+    margin_loss(g + torch.tensor([[3.0, 1.0, 2.0], [0.0, 5.0, 4.0]]), torch.tensor([0, 1])).backward()
+    assert torch.equal(g.grad, torch.tensor([[-1.0, 0.0, 1.0], [0.0, -1.0, 1.0]]))
 
 
 class RecordingAdam(optbook.Adam):
