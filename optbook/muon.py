@@ -2,17 +2,19 @@
 
 # %% ../nbs/07_muon.ipynb #2b556a2b
 from __future__ import annotations
-import math
+import inspect, math
+from collections import defaultdict
 
 import torch
 from torch import Tensor
 from torch import nn
 
-from .core import Optimizer, check_nonneg, check_range, off
+from .core import Optimizer, check_nonneg, check_range, off, _is_dtensor, _local_part
+from .adam import AdamW
 
 # %% auto #0
 __all__ = ['NS_COEFFICIENTS', 'ADJUST_LR', 'newton_schulz', 'lr_ratio', 'muon_update', 'Muon', 'muon_param_groups',
-           'muon_with_adamw']
+           'muon_with_adamw', 'MuonWithAuxAdam']
 
 # %% ../nbs/07_muon.ipynb #755c7b76
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)   # (c₁, c₃, c₅): Jordan et al. (2024), torch.optim.Muon's default
@@ -56,10 +58,10 @@ def _direction(g: Tensor, m: Tensor, beta, nesterov: bool) -> Tensor:
     m.lerp_(g, 1 - beta)
     return g.lerp(m, beta) if nesterov else m
 
-def _apply(p: Tensor, O: Tensor, eta, lam, adjust_lr_fn) -> None:
-    "θ ← (1 − ηλ)θ − η r O, with O reshaped to θ's shape."
+def _apply(p: Tensor, O: Tensor, eta, lam, adjust_lr_fn, shape=None) -> None:
+    "θ ← (1 − ηλ)θ − η r O, with O reshaped to θ's shape; r from `shape` (default θ's: a shard passes its matrix's)."
     if lam is not None: p.mul_(1 - eta * lam)
-    p.add_(O.reshape(p.shape), alpha=-eta * lr_ratio(adjust_lr_fn, p.shape))
+    p.add_(O.reshape(p.shape), alpha=-eta * lr_ratio(adjust_lr_fn, p.shape if shape is None else shape))
 
 def muon_update(
     p: Tensor,                  # θ: a matrix (or a conv weight, seen as rows × the rest), updated in place
@@ -160,6 +162,16 @@ class Muon(Optimizer):
         if foreach is None: foreach = p.device.type != "cpu"
         return (p.shape, p.dtype, p.device) if foreach else None
 
+    def _update_matrix(self, p, g, state, h, t, first):
+        """FSDP2: the momentum stays a shard like θ. It is updated with the local gradient; only the direction d is
+        gathered for Newton–Schulz, and each rank writes its own rows of the update (r from the whole matrix's shape)."""
+        m = state.get("momentum_buffer")
+        if not (_is_dtensor(p) and _is_dtensor(m) and _is_dtensor(g)):
+            return super()._update_matrix(p, g, state, h, t, first)     # a plain tensor, or a gathered (full) buffer
+        d = _direction(g, m, h["beta"], h["nesterov"]).full_tensor()    # elementwise on the shards, then one all-gather
+        O = newton_schulz(d.reshape(len(d), -1), h["coefficients"], h["ns_steps"], h["eps"]).reshape(d.shape)
+        _apply(p.to_local(), _local_part(O, p), h["eta"], h["lam"], h["adjust_lr_fn"], shape=p.shape)
+
     def update_matrices(self, items: list, h: dict) -> None:
         "The rule for several same-shape matrices: momentum one by one, Newton–Schulz once on the stack."
         ds = [_direction(g, s["momentum_buffer"], h["beta"], h["nesterov"]) for p, g, s in items]
@@ -167,33 +179,147 @@ class Muon(Optimizer):
         for (p, _, _), o in zip(items, O.unbind(0)): _apply(p, o, h["eta"], h["lam"], h["adjust_lr_fn"])
 
 # %% ../nbs/07_muon.ipynb #adc916fa
-def muon_param_groups(model: nn.Module,   # the network
-                      head=None,          # the output layer(s): a module, a name, or a list of them; None: the last nn.Linear
+def _muon_weight(module: nn.Module, name: str) -> str | None:
+    "Why a parameter that `module` registers as `name` is a hidden matrix for Muon, or None if it is not one."
+    if isinstance(module, nn.Linear) and name == "weight": return "nn.Linear weight"
+    if isinstance(module, nn.modules.conv._ConvNd) and name == "weight": return f"{type(module).__name__} weight"
+    if isinstance(module, nn.MultiheadAttention) and name.endswith("proj_weight"): return "attention input projection"
+    return None
+
+def _as_list(x) -> list: return [] if x is None else list(x) if isinstance(x, (list, tuple, set)) else [x]
+
+def muon_param_groups(model: nn.Module,    # the network
+                      head=None,           # the output layer(s): module(s), name(s) or tensors; None: the model's last top-level nn.Linear; []: none
+                      exclude=(),          # more parameters for AdamW: names of modules or parameters, modules, tensors
+                      verbose: bool = False,  # print the split, one line per tensor with the reason
                       ) -> tuple[list, list]:
-    "Split `model`'s parameters into (for Muon, for AdamW): hidden matrices and conv kernels vs embeddings, head, gains, biases."
-    heads = head if isinstance(head, (list, tuple)) else [head]
+    """Split `model`'s trainable parameters into (for Muon, for AdamW) by module type.
+
+    Muon: the `weight` of every `nn.Linear` and `nn.Conv*d` (and `nn.MultiheadAttention`'s input projections) that is
+    not in the head or in `exclude`. AdamW: everything else: embeddings, the head, biases, norms' gains, and parameters
+    registered directly on other modules (class tokens, position embeddings). A tied tensor counts once, and goes to
+    AdamW if any of its owners is an embedding or the head."""
     modules = dict(model.named_modules())
-    if head is None:
-        linears = [name for name, mod in modules.items() if isinstance(mod, nn.Linear)]
-        heads = linears[-1:]
-    head_params = {id(q) for h in heads if h is not None
-                   for q in (modules[h] if isinstance(h, str) else h).parameters()}
-    embed_params = {id(q) for mod in model.modules() if isinstance(mod, (nn.Embedding, nn.EmbeddingBag))
-                    for q in mod.parameters()}
-    to_muon, to_adamw = [], []
-    for p in model.parameters():          # each tensor once, even when tied (an embedding shared with the head)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    def ids(x, what: str) -> set:
+        if isinstance(x, str):
+            if x in modules: return {id(q) for q in modules[x].parameters()}
+            if x in params: return {id(params[x])}
+            raise ValueError(f"muon_param_groups: {what} {x!r} names no module or parameter of the model")
+        if isinstance(x, nn.Module): return {id(q) for q in x.parameters()}
+        if isinstance(x, Tensor): return {id(x)}
+        raise TypeError(f"muon_param_groups: {what} must be names, modules or tensors, got {type(x).__name__}")
+    if head is None: head = [name for name, mod in model.named_children() if isinstance(mod, nn.Linear)][-1:]
+    head_ids = set().union(*(ids(h, "head") for h in _as_list(head)))
+    excluded = set().union(*(ids(e, "exclude") for e in _as_list(exclude)))
+    owners = defaultdict(list)             # id -> (module, local name) for every module that registers the tensor
+    for mod in model.modules():
+        for name, q in mod.named_parameters(recurse=False): owners[id(q)].append((mod, name))
+    to_muon, to_adamw, lines = [], [], []
+    for name, p in model.named_parameters():          # each tensor once, under its first name
         if not p.requires_grad: continue
-        hidden = p.dim() >= 2 and id(p) not in head_params and id(p) not in embed_params
-        (to_muon if hidden else to_adamw).append(p)
+        kinds = [_muon_weight(mod, n) for mod, n in owners[id(p)]]
+        embedding = any(isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) for mod, _ in owners[id(p)])
+        if id(p) in excluded: why = "excluded"
+        elif id(p) in head_ids: why = "head, tied to an embedding" if embedding else "head"
+        elif embedding: why = "embedding"
+        elif p.dim() < 2: why = "bias or gain" if p.dim() == 1 else "scalar"
+        elif all(kinds): why = kinds[0]
+        else: why = f"parameter of {type(owners[id(p)][0][0]).__name__}, not a Linear/Conv weight"
+        muon = why in kinds and why is not None
+        (to_muon if muon else to_adamw).append(p)
+        lines.append(f"  {'Muon ' if muon else 'AdamW'}  {name:<32} {str(tuple(p.shape)):<16} {why}")
+    if verbose:
+        count = lambda ps: sum(q.numel() for q in ps)
+        print(f"Muon: {len(to_muon)} tensors, {count(to_muon):,} numbers; AdamW: {len(to_adamw)} tensors, "
+              f"{count(to_adamw):,} numbers", *lines, sep="\n")
     return to_muon, to_adamw
 
 def muon_with_adamw(model: nn.Module,     # the network
                     head=None,            # its output layer(s), as in `muon_param_groups`
                     muon: dict = None,    # keyword arguments of Muon (default: lr=0.02)
                     adamw: dict = None,   # keyword arguments of optbook.AdamW (default: lr=3e-4, weight_decay=0.01)
+                    exclude=(),           # more parameters for AdamW, as in `muon_param_groups`
+                    verbose: bool = False,  # print the split
                     ) -> tuple[Muon, Optimizer]:
     "The usual pair: `Muon` for the hidden matrices, `optbook.AdamW` for everything else; step both each iteration."
-    from optbook.adam import AdamW
-    to_muon, to_adamw = muon_param_groups(model, head)
+    to_muon, to_adamw = muon_param_groups(model, head, exclude, verbose)
     return (Muon(to_muon, **{"lr": 0.02, **(muon or {})}),
             AdamW(to_adamw, **{"lr": 3e-4, "weight_decay": 0.01, **(adamw or {})}))
+
+# %% ../nbs/07_muon.ipynb #muonaux01
+class MuonWithAuxAdam(torch.optim.Optimizer):
+    """One optimizer for a whole network: `Muon` on the groups with `use_muon=True`, `optbook.AdamW` on the others.
+
+    Each group is a dict with `params`, `use_muon`, and hyperparameters of its kind (the keyword arguments of `Muon` or
+    of `AdamW`; missing ones take that class's defaults; a key of the other kind is refused). The groups are those of
+    an inner `Muon` and an inner `AdamW`, which share this optimizer's `state`: one `step`, one `zero_grad`, one
+    `state_dict` (state keys: Muon's `momentum_buffer`; AdamW's `step`, `exp_avg`, `exp_avg_sq`), and one LR scheduler
+    for every group. Each step equals `Muon.step` and `AdamW.step` on the same groups.
+    `MuonWithAuxAdam.for_model(model)` builds the groups with `muon_param_groups`.
+
+    Reference: Jordan et al. (2024), `MuonWithAuxAdam` in KellerJordan/Muon (whose Adam defaults differ: betas
+    (0.9, 0.95), eps 1e-10, no weight decay; pass them in the group to match)."""
+    def __init__(self, param_groups):   # dicts, each with `params`, `use_muon` and that kind's hyperparameters
+        self._parts = {True: None, False: None}             # the inner Muon and AdamW, made by the first group of each
+        if isinstance(param_groups, Tensor): raise TypeError("MuonWithAuxAdam: params must be a list of dicts with a 'use_muon' flag")
+        super().__init__(list(param_groups), {})
+
+    def add_param_group(self, param_group: dict):
+        "Add a group to the inner Muon (`use_muon=True`) or AdamW (False); its dict is then also this optimizer's."
+        if not isinstance(param_group, dict) or not isinstance(param_group.get("use_muon"), bool):
+            raise ValueError("MuonWithAuxAdam: each parameter group must be a dict with use_muon=True (Muon) or False (AdamW)")
+        use_muon = param_group["use_muon"]
+        kind = Muon if use_muon else AdamW
+        group = {k: v for k, v in param_group.items() if k != "use_muon"}
+        unknown = set(group) - {"params", "initial_lr"} - set(inspect.signature(kind).parameters)
+        if unknown: raise ValueError(f"MuonWithAuxAdam: {kind.__name__} takes no {sorted(unknown)} (group with use_muon={use_muon})")
+        params = group["params"]
+        group["params"] = [params] if isinstance(params, Tensor) else list(params)
+        taken = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in taken for p in group["params"]):
+            raise ValueError("MuonWithAuxAdam: some parameters appear in more than one parameter group")
+        if self._parts[use_muon] is None: self._parts[use_muon] = kind([group])
+        else: self._parts[use_muon].add_param_group(group)
+        self._parts[use_muon].param_groups[-1]["use_muon"] = use_muon
+        self.param_groups.append(self._parts[use_muon].param_groups[-1])
+        self._share()
+
+    def _share(self):
+        "Point the inner optimizers at this optimizer's groups and state (after construction and after loading)."
+        for use_muon, part in self._parts.items():
+            if part is None: continue
+            part.param_groups = [g for g in self.param_groups if g["use_muon"] is use_muon]
+            part.state = self.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        "One step of every group: the closure (if any) once, then Muon's groups and AdamW's groups."
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        for part in self._parts.values():
+            if part is not None: part.step()
+        return loss
+
+    def load_state_dict(self, state_dict: dict):
+        "torch's loader, after checking that each saved group is of the same kind (Muon or AdamW) as ours."
+        saved = [g.get("use_muon") for g in state_dict["param_groups"]]
+        if saved != [g["use_muon"] for g in self.param_groups]:
+            raise ValueError(f"MuonWithAuxAdam: the state_dict's groups have use_muon={saved}, "
+                             f"this optimizer's {[g['use_muon'] for g in self.param_groups]}")
+        super().load_state_dict(state_dict)
+        self._share()
+
+    @classmethod
+    def for_model(cls, model: nn.Module,   # the network
+                  head=None,               # its output layer(s), as in `muon_param_groups`
+                  muon: dict = None,       # Muon's hyperparameters (default: lr=0.02)
+                  adamw: dict = None,      # AdamW's (default: lr=3e-4, weight_decay=0.01)
+                  exclude=(),              # more parameters for AdamW, as in `muon_param_groups`
+                  verbose: bool = False):  # print the split
+        "The optimizer for `model`, split by `muon_param_groups`, with `muon_with_adamw`'s defaults."
+        to_muon, to_adamw = muon_param_groups(model, head, exclude, verbose)
+        groups = [dict(params=to_muon, use_muon=True, **{"lr": 0.02, **(muon or {})}),
+                  dict(params=to_adamw, use_muon=False, **{"lr": 3e-4, "weight_decay": 0.01, **(adamw or {})})]
+        return cls([g for g in groups if g["params"]])

@@ -131,7 +131,84 @@ def test_batched_ns_equals_per_matrix_up_to_bf16_rounding():
     assert torch.equal(ps[-1], qs[-1])                                    # a matrix alone takes the one-matrix path
 
 
-def test_param_group_helper():
+class TinyLM(torch.nn.Module):
+    "Embedding, two pre-norm blocks (attention as Linear q, k, v, o; an MLP), a final norm, a tied or untied head."
+    def __init__(self, vocab=40, d=16, tied=False):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d)
+        self.blocks = torch.nn.ModuleList(torch.nn.ModuleDict(dict(
+            norm1=torch.nn.LayerNorm(d), qkv=torch.nn.Linear(d, 3 * d, bias=False), proj=torch.nn.Linear(d, d),
+            norm2=torch.nn.LayerNorm(d), up=torch.nn.Linear(d, 4 * d), down=torch.nn.Linear(4 * d, d))) for _ in range(2))
+        self.norm = torch.nn.LayerNorm(d)
+        self.lm_head = torch.nn.Linear(d, vocab, bias=False)
+        if tied: self.lm_head.weight = self.embed.weight
+    def forward(self, x):
+        h = self.embed(x)
+        for b in self.blocks:
+            q, k, v = b["qkv"](b["norm1"](h)).chunk(3, -1)
+            h = h + b["proj"](torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+            h = h + b["down"](torch.relu(b["up"](b["norm2"](h))))
+        return self.lm_head(self.norm(h))
+
+
+class TinyViT(torch.nn.Module):
+    "Patch conv, class token, position embedding, blocks (nn.TransformerEncoderLayer), a norm and a head. The head is registered first."
+    def __init__(self, d=16, classes=5):
+        super().__init__()
+        self.head = torch.nn.Linear(d, classes)                       # registered before the blocks' Linears
+        self.patch_embed = torch.nn.Conv2d(3, d, 4, stride=4)
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = torch.nn.Parameter(torch.randn(1, 5, d) * 0.02)
+        self.blocks = torch.nn.Sequential(*[torch.nn.TransformerEncoderLayer(d, 2, 2 * d, batch_first=True)
+                                            for _ in range(2)])
+        self.norm = torch.nn.LayerNorm(d)
+    def forward(self, img):
+        x = self.patch_embed(img).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(len(x), -1, -1), x], 1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def names(model, ps):
+    ids = {id(p) for p in ps}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_param_groups_on_a_transformer_lm(tied, capsys):
+    lm = TinyLM(tied=tied)
+    to_muon, to_adamw = muon_param_groups(lm, verbose=True)
+    hidden = {f"blocks.{i}.{n}.weight" for i in range(2) for n in ("qkv", "proj", "up", "down")}
+    assert names(lm, to_muon) == hidden
+    assert names(lm, to_adamw) == {n for n, _ in lm.named_parameters()} - hidden   # embedding, head, norms, biases
+    assert "lm_head.weight" in names(lm, to_adamw) or tied                         # tied: one tensor, named embed.weight
+    assert len(to_muon) + len(to_adamw) == len(list(lm.parameters()))
+    out = capsys.readouterr().out
+    assert "Muon: 8 tensors" in out and "embedding" in out and ("tied to an embedding" in out) == tied
+    lm(torch.randint(0, 40, (2, 6))).sum().backward()                             # a real model: it runs
+    Muon(to_muon, lr=0.02).step()
+
+
+def test_param_groups_on_a_vit_and_the_overrides(capsys):
+    vit = TinyViT()
+    to_muon, to_adamw = muon_param_groups(vit)
+    body = {f"blocks.{i}.{n}" for i in range(2)
+            for n in ("self_attn.in_proj_weight", "self_attn.out_proj.weight", "linear1.weight", "linear2.weight")}
+    assert names(vit, to_muon) == body | {"patch_embed.weight"}
+    adamw = names(vit, to_adamw)
+    assert {"head.weight", "head.bias", "cls_token", "pos_embed", "norm.weight"} <= adamw   # the old rule gave cls/pos/head to Muon
+    assert not adamw & body
+    # overrides: the patch conv is the input embedding (Jordan puts it with AdamW); a named head; a module object
+    to_muon2, _ = muon_param_groups(vit, exclude=["patch_embed", vit.blocks[1].linear2])
+    assert names(vit, to_muon2) == body - {"blocks.1.linear2.weight"}
+    to_muon3, _ = muon_param_groups(vit, head="blocks.1.linear2", exclude="patch_embed.weight", verbose=True)
+    assert names(vit, to_muon3) == body - {"blocks.1.linear2.weight"} | {"head.weight"}   # a named head replaces the default
+    assert "excluded" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="names no module"): muon_param_groups(vit, exclude=["nope"])
+    vit(torch.randn(2, 3, 8, 8)).sum().backward()
+    Muon(to_muon, lr=0.02).step()
+
+
+def test_param_group_helper_default_head_and_pair():
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -144,8 +221,75 @@ def test_param_group_helper():
     assert len(to_muon) + len(to_adamw) == len(list(net.parameters()))
     to_muon2, _ = muon_param_groups(net, head="hidden")
     assert [id(p) for p in to_muon2] == [id(net.conv.weight)]
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    assert [id(p) for p in muon_param_groups(mlp)[0]] == [id(mlp[0].weight)]   # default head: the last top-level Linear
+    assert len(muon_param_groups(mlp, head=[])[0]) == 2                         # head=[]: no head
     muon, adamw = muon_with_adamw(net, muon=dict(lr=0.01))
     assert muon.param_groups[0]["lr"] == 0.01 and type(adamw).__name__ == "AdamW"
+
+
+def lm_batch(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 40, (4, 8), generator=gen)
+
+
+def lm_loss(lm, x): return torch.nn.functional.cross_entropy(lm(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+
+
+def test_muon_with_aux_adam_equals_the_pair_step_by_step():
+    torch.manual_seed(0); a = TinyLM().double()
+    b = TinyLM().double(); b.load_state_dict(a.state_dict())
+    kw = dict(muon=dict(lr=0.02, weight_decay=0.05), adamw=dict(lr=3e-3, betas=(0.9, 0.95)))
+    pair = muon_with_adamw(a, **kw)
+    one = M.MuonWithAuxAdam.for_model(b, **kw)
+    assert [g["use_muon"] for g in one.param_groups] == [True, False]
+    assert one.param_groups[0]["weight_decay"] == 0.05 and one.param_groups[1]["betas"] == (0.9, 0.95)
+    for step in range(5):
+        x = lm_batch(step)
+        for o in pair: o.zero_grad()
+        one.zero_grad()
+        lm_loss(a, x).backward(); lm_loss(b, x).backward()
+        for o in pair: o.step()
+        one.step()
+        for p, q in zip(a.parameters(), b.parameters()): assert torch.equal(p, q), step
+    sd = one.state_dict()
+    assert {k for s in sd["state"].values() for k in s} == {"momentum_buffer", "step", "exp_avg", "exp_avg_sq"}
+    assert len(sd["state"]) == len(list(b.parameters()))
+
+
+def test_muon_with_aux_adam_state_dict_round_trip_and_one_scheduler():
+    def run(steps, resume_at=None):
+        torch.manual_seed(0); lm = TinyLM().double()
+        opt = M.MuonWithAuxAdam.for_model(lm, muon=dict(lr=0.02), adamw=dict(lr=3e-3))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + t))
+        for t in range(steps):
+            if t == resume_at:                                  # a fresh model and optimizer, loaded from the saved ones
+                saved = (lm.state_dict(), opt.state_dict(), sched.state_dict())
+                torch.manual_seed(1); lm = TinyLM().double(); lm.load_state_dict(saved[0])
+                opt = M.MuonWithAuxAdam.for_model(lm, muon=dict(lr=0.5), adamw=dict(lr=0.5))   # lrs come from the state_dict
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1 / (1 + t))   # torch's order: scheduler,
+                opt.load_state_dict(saved[1]); sched.load_state_dict(saved[2])             # then the two state_dicts
+            opt.zero_grad(); lm_loss(lm, lm_batch(t)).backward(); opt.step(); sched.step()
+        return lm, opt
+    lm1, opt1 = run(6)
+    lm2, opt2 = run(6, resume_at=3)
+    for p, q in zip(lm1.parameters(), lm2.parameters()): assert torch.equal(p, q)
+    assert [g["lr"] for g in opt1.param_groups] == pytest.approx([0.02 / 7, 3e-3 / 7])  # one scheduler drives both kinds
+    for part in opt2._parts.values():                         # after loading, the inner optimizers still share
+        assert part.state is opt2.state and all(any(g is h for h in opt2.param_groups) for g in part.param_groups)
+
+
+def test_muon_with_aux_adam_refuses_bad_groups():
+    w, b = torch.zeros(3, 3, requires_grad=True), torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="use_muon"): M.MuonWithAuxAdam([dict(params=[w])])
+    with pytest.raises(ValueError, match="betas"): M.MuonWithAuxAdam([dict(params=[w], use_muon=True, betas=(0.9, 0.9))])
+    with pytest.raises(ValueError, match="more than one"):
+        M.MuonWithAuxAdam([dict(params=[w], use_muon=True), dict(params=[w, b], use_muon=False)])
+    with pytest.raises(ValueError, match="matrices only"): M.MuonWithAuxAdam([dict(params=[b], use_muon=True)])
+    opt = M.MuonWithAuxAdam([dict(params=[w], use_muon=True), dict(params=[b], use_muon=False)])
+    other = M.MuonWithAuxAdam([dict(params=[b.detach().clone().requires_grad_()], use_muon=False),
+                               dict(params=[w.detach().clone().requires_grad_()], use_muon=True)])
+    with pytest.raises(ValueError, match="use_muon"): opt.load_state_dict(other.state_dict())
 
 
 @pytest.mark.parametrize("bad", [dict(ns_coefficients=(1.0, 2.0)), dict(eps=-1.0), dict(ns_steps=-1)])
