@@ -23,11 +23,11 @@ BOOK_OPTS := -W -n --keep-going
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test unit booktest export check-export nbtest pytest bench debs venv mathjax clean
+.PHONY: book test unit booktest export colab-wheel check-export nbtest pytest bench debs venv mathjax clean
 
 # BOOK_ALL=--all re-reads (so re-executes) every page; plain `make book` rebuilds the changed pages only.
 BOOK_ALL ?=
-book: venv mathjax export
+book: venv mathjax export colab-wheel
 	@start=$$(date +%s); rm -f _build/exec_times.json; status=0; \
 	$(BIN)/jupyter-book build . $(BOOK_OPTS) $(BOOK_ALL) || status=$$?; \
 	if [ -f _build/exec_times.json ]; then echo; $(PY) _ext/optbook_book.py exec-table; echo; fi; \
@@ -87,6 +87,14 @@ $(MATHJAX):
 
 export: venv
 	$(BIN)/nbdev_export
+
+# The chapters run against optbook as a learner installs it: a wheel built from this tree, installed (without its
+# dependencies, which the venv has) into _build/colab/site, which the book's kernel puts first on sys.path in place
+# of the editable checkout (_ext/optbook_book.py, OPTBOOK_WHEEL_SITE). A file missing from the wheel fails the chapter.
+colab-wheel: venv export
+	@rm -rf _build/colab && mkdir -p _build/colab
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w _build/colab/dist . >/dev/null
+	$(PY) -m pip install -q --no-deps --no-compile --target _build/colab/site _build/colab/dist/optbook-*.whl
 
 # The package must be exactly what the notebooks export.
 check-export: export

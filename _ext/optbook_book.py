@@ -10,8 +10,8 @@ Three jobs:
      `remove-cell` tag: they still execute, but nothing of them is shown;
    - `#| echo: false` becomes `remove-input`, `#| output: false` becomes `remove-output`,
      `#| code-fold: true` becomes `hide-input` (folded, one click to open);
-   - `#| eval: false` becomes `skip-execution`, the tag nbclient (which myst-nb executes with) skips,
-     so the cell is shown but never run, as `nbdev_test` never runs it;
+   - `#| eval: false` is refused: Colab's "Run all" ignores nbdev's directives and runs every cell, so
+     the book runs every cell too, and a cell that cannot run on Colab is a defect to fix in its code;
    - `#| export`, `exports`, `exporti` (with or without a module) are for `nbdev_export` and change
      nothing on the page;
    - any other directive, or a `#|` line after the code has begun (nbdev ignores it, the page would
@@ -30,10 +30,11 @@ Three jobs:
    `glue`, see `BOOK_ONLY`), hides the packages Colab does not preinstall (`NOT_ON_COLAB`: Optuna,
    lion-pytorch, psycopg2) until the notebook itself installs them with `pip` through `subprocess` (the
    kernel runs that pip command for real, offline, and then lifts the block), drops the repository from
-   sys.path, takes a fresh IPython profile, and writes a record of itself (notebook, working directory,
+   sys.path, imports optbook from the wheel that `make book` built and installed into `_build/colab/site`
+   (`OPTBOOK_WHEEL_SITE`; the editable install's finder is removed), takes a fresh IPython profile, and writes a record of itself (notebook, working directory,
    what it blocked, what the notebook installed and in which cell) to `_build/jupyter/runs/`, which
-   tests/test_colab_run.py checks. That one execution is the book's output, the notebooks' cell tests and
-   the Colab check at once.
+   tests/test_colab_run.py checks. Every code cell runs (`#| eval: false` is refused), as in Colab's
+   "Run all". That one execution is the book's output, the notebooks' cell tests and the Colab check at once.
 
 3. At `build-finished` it writes `_build/exec_times.json`, each chapter's execution time and status
    from myst-nb's execution data; `python _ext/optbook_book.py exec-table` prints it (make does).
@@ -57,14 +58,17 @@ DIRECTIVES = {
     ("export", None): None, ("exports", None): None, ("exporti", None): None,
     ("echo:", "false"): "remove-input", ("echo:", "true"): None,
     ("output:", "false"): "remove-output", ("output:", "true"): None,
-    ("eval:", "false"): "skip-execution", ("eval:", "true"): None,
+    ("eval:", "true"): None,   # `eval: false` is refused (see _ADVICE): Colab's "Run all" would run the cell anyway
     ("code-fold:", "true"): "hide-input", ("code-fold:", "show"): None, ("code-fold:", "false"): None,
 }
 # Directives nbdev or Quarto know but the book does not honour, with what to write instead.
 _ADVICE = {
-    "notest": "the book build is the notebooks' test run and executes every cell; write `#| eval: false` to skip one",
-    "slow": "the book build is the notebooks' test run and executes every cell; write `#| eval: false` to skip one, "
-            "or make the demo smaller on the CPU",
+    "notest": "the book build is the notebooks' test run and executes every cell, as Colab's \"Run all\" does",
+    "slow": "the book build is the notebooks' test run and executes every cell, as Colab's \"Run all\" does; "
+            "make the demo smaller on the CPU (and larger only when a GPU is there)",
+    "eval:": "Colab's \"Run all\" ignores nbdev's directives and runs every cell, and so does the book: make the cell "
+             "safe to run instead (guard it in code, for example act only when an environment variable names what it "
+             "needs, and otherwise print what it would do), or show the code in a markdown code block",
     "hide_input": "that is nbdev 1; write `#| echo: false`",
     "hide_output": "that is nbdev 1; write `#| output: false`",
     "filter_stream": "the book shows streams as they are; print less instead",
@@ -201,11 +205,13 @@ def install_kernel(build: pathlib.Path) -> pathlib.Path:
     "Write the `optbook-colab` kernelspec under `build`/jupyter and put that folder first on JUPYTER_PATH."
     root, spec, ipython, runs = kernel_dirs(build)
     for d in (spec, ipython, runs): d.mkdir(parents=True, exist_ok=True)
+    site = (pathlib.Path(build) / "colab" / "site").resolve()   # the wheel `make book` installs (Makefile: colab-wheel)
     (spec / "kernel.json").write_text(json.dumps({
         "argv": [sys.executable, str(pathlib.Path(__file__).resolve()), "kernel", "-f", "{connection_file}"],
         "display_name": "Python 3 (optbook, as on Colab)",
         "language": "python",
-        "env": {"IPYTHONDIR": str(ipython), "OPTBOOK_KERNEL_RUNS": str(runs)},
+        "env": {"IPYTHONDIR": str(ipython), "OPTBOOK_KERNEL_RUNS": str(runs),
+                **({"OPTBOOK_WHEEL_SITE": str(site)} if site.is_dir() else {})},
         "metadata": {"debugger": False},
     }, indent=1), encoding="utf-8")
     paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p and p != str(root)]
@@ -355,6 +361,11 @@ def colab_kernel(argv):
     it with pip, no repository on sys.path, a fresh profile; the run record says what was blocked and installed."""
     here = str(pathlib.Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p and pathlib.Path(p).resolve() != pathlib.Path(here)]
+    wheel_site = os.environ.get("OPTBOOK_WHEEL_SITE")
+    if wheel_site:   # optbook as a learner gets it, from the built wheel, not from the editable checkout
+        sys.path.insert(0, wheel_site)
+        sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+                            and "__editable__" not in getattr(type(f), "__module__", "")]
     runs = os.environ.get("OPTBOOK_KERNEL_RUNS")
     doc = os.environ.get("OPTBOOK_DOCNAME") or f"unknown-{os.getpid()}"
     out = pathlib.Path(runs) / (doc.replace("/", "__") + ".json") if runs else None
@@ -370,12 +381,15 @@ def colab_kernel(argv):
         except ModuleNotFoundError: blocked[mod] = True
     import importlib.util
     hidden = {mod: importlib.util.find_spec(mod) is None for mod in NOT_ON_COLAB}
+    spec = importlib.util.find_spec("optbook")              # where `import optbook` will load from (nothing imported yet)
+    optbook_origin = spec.origin if spec is not None else None
     gate.looked_up.clear()                               # the probe above is ours, not the notebook's
     installs = []
     _PipOnColab(gate, installs, on_change=save).install()
     record.update({"docname": doc, "kernel": KERNEL, "cwd": os.getcwd(), "python": sys.executable,
                    "pid": os.getpid(), "started": time.time(), "dev_only_blocked": blocked,
-                   "not_on_colab_hidden": hidden, "looked_up_while_hidden": gate.looked_up, "pip_installs": installs})
+                   "not_on_colab_hidden": hidden, "looked_up_while_hidden": gate.looked_up, "pip_installs": installs,
+                   "optbook_wheel_site": wheel_site, "optbook_origin": optbook_origin})
     save()
     from ipykernel.kernelapp import launch_new_instance
     launch_new_instance(argv=argv)

@@ -55,6 +55,11 @@ def test_ran_in_the_colab_kernel(doc):
     assert all(run["dev_only_blocked"][m] for m in optbook_book.DEV_ONLY), run["dev_only_blocked"]
     cwd = pathlib.Path(run["cwd"]).resolve()
     assert ROOT not in [cwd, *cwd.parents], f"{doc} ran in {cwd}, inside the repository (want run_in_temp)"
+    # optbook came from the wheel the build installed, not from the checkout (as a learner's pip install gives it)
+    site = (BUILD / "colab" / "site").resolve()
+    assert run["optbook_wheel_site"] == str(site), run.get("optbook_wheel_site")
+    origin = pathlib.Path(run["optbook_origin"]).resolve()
+    assert site in origin.parents and (ROOT / "optbook") not in origin.parents, origin
 
 
 # The chapters that need a package Colab does not preinstall, and what they install (import names of NOT_ON_COLAB).
@@ -85,12 +90,11 @@ def test_packages_colab_lacks_are_installed_by_the_notebook_itself(doc):
 @pytest.mark.book
 @pytest.mark.parametrize("doc", NOTEBOOKS)
 def test_executed_notebook_is_clean(doc):
-    "Every cell that is not `#| eval: false` ran, and nothing went to stderr or raised."
+    """Every code cell ran, as Colab's "Run all" runs them, and nothing went to stderr or raised."""
     nb = nbformat.read(BUILD / "jupyter_execute" / f"{doc}.ipynb", as_version=4)
     for i, c in enumerate(nb.cells):
         if c.cell_type != "code" or not c.source.strip(): continue
-        skipped = "skip-execution" in c.metadata.get("tags", [])
-        assert (c.execution_count is None) == skipped, f"{doc}, code cell {i}: ran={c.execution_count is not None}, skip={skipped}"
+        assert c.execution_count is not None, f"{doc}, code cell {i} did not run"
         bad = [o.get("text", o.get("ename", ""))[:200] for o in c.outputs
                if o.output_type == "error" or o.get("name") == "stderr"]
         assert not bad, f"{doc}, code cell {i}: {bad}"
@@ -149,6 +153,24 @@ def test_colab_kernel_blocks_dev_packages(tmp_path, monkeypatch):
     assert pip[("no-such-package-optbook",)]["returncode"] != 0 and pip[("no-such-package-optbook",)]["unhidden"] == []
     assert not any(o.get("name") == "stderr" for c in nb.cells[:cell("'-q', 'optuna'") + 1] for o in c.outputs), \
         "pip wrote to stderr: the book would fail the chapter"
+
+
+def test_colab_kernel_imports_optbook_from_the_wheel_site(tmp_path, monkeypatch):
+    "With a wheel installed under BUILD/colab/site, the kernel imports that optbook, not the editable checkout."
+    monkeypatch.setenv("JUPYTER_PATH", "")
+    monkeypatch.setenv("OPTBOOK_DOCNAME", "nbs/probe_wheel")
+    fake = tmp_path / "colab" / "site" / "optbook"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("FROM_WHEEL_SITE = True\n", encoding="utf-8")
+    optbook_book.install_kernel(tmp_path)
+    work = tmp_path / "work"
+    work.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "import optbook\nassert optbook.FROM_WHEEL_SITE, optbook.__file__\nprint(optbook.__file__)")])
+    NotebookClient(nb, timeout=120, kernel_name=optbook_book.KERNEL, resources={"metadata": {"path": str(work)}}).execute()
+    assert nb.cells[0].outputs[0]["text"].strip() == str(fake / "__init__.py")
+    record = json.loads((tmp_path / "jupyter" / "runs" / "nbs__probe_wheel.json").read_text(encoding="utf-8"))
+    assert record["optbook_origin"] == str(fake / "__init__.py") and record["optbook_wheel_site"] == str(fake.parent)
 
 
 def test_pip_install_requirements_reads_names_not_option_values():

@@ -115,36 +115,37 @@ def nb_of(*sources):
 
 def test_reader_accepts_the_nbdev_vocabulary_the_book_supports():
     nb = nb_of("#|export core\ndef f(): pass", "#| exporti\ndef _g(): pass", "#| exports\nh = 1",
-               "#|eval:false\nslow()", "#| include: false\nsetup()", "#| code-fold: true\nhelper()",
+               "#|eval:true\nfast()", "#| include: false\nsetup()", "#| code-fold: true\nhelper()",
                "#| echo:false\n#| output: true\nfig()", "\n#| hide\n\n%%time\nx = 1", "#| default_exp sgd")
     cells = optbook_book.clean_notebook(nb, "t.ipynb").cells
     tags = [c.metadata.get("tags", []) for c in cells]
-    assert tags == [[], [], [], ["skip-execution"], ["remove-cell"], ["hide-input"], ["remove-input"],
+    assert tags == [[], [], [], [], ["remove-cell"], ["hide-input"], ["remove-input"],
                     ["remove-cell"], ["remove-cell"]]
     assert cells[7].source == "%%time\nx = 1", "a cell magic in the directive region stays in the code"
     assert not any(re.search(r"^\s*#\s*\|", c.source, re.M) for c in cells)
 
 
-def test_eval_false_cell_is_tagged_and_not_executed():
-    "`#| eval: false` becomes the tag that the executor myst-nb runs notebooks with skips; run it to see."
-    from jupyter_cache.executors.utils import single_nb_execution
-    from myst_nb.core.execute import direct
-    from nbclient import NotebookClient
-    assert direct.single_nb_execution is single_nb_execution, "myst-nb's force mode executes through this call"
-    assert NotebookClient.skip_cells_with_tag.default_value == "skip-execution"
-    nb = optbook_book.clean_notebook(nb_of("#| eval: false\nraise SystemExit('this cell must not run')", "x = 41",
-                                           "#| eval: true\nprint(x + 1)"))
-    assert nb.cells[0].metadata["tags"] == ["skip-execution"]
-    assert "skip-execution" not in nb.cells[2].metadata.get("tags", [])
-    result = single_nb_execution(nb, cwd=None, timeout=60, allow_errors=False)
-    assert result.err is None, result.exc_string
-    assert nb.cells[0].execution_count is None and nb.cells[0].outputs == []
-    assert nb.cells[2].outputs[0]["text"] == "42\n"
+def test_eval_false_is_refused_because_colab_runs_every_cell():
+    """Colab's "Run all" ignores `#| eval: false`; the book, which is the Colab check, refuses it and says what to do."""
+    with pytest.raises(ValueError) as e:
+        optbook_book.clean_notebook(nb_of("#| eval: false\nconnect()"), "nbs/99_demo.ipynb")
+    assert "Run all" in str(e.value) and "safe to run" in str(e.value) and "code cell 0" in str(e.value)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "nbs").glob("*.ipynb")), ids=lambda p: p.name)
+def test_no_cell_is_kept_from_running(path):
+    "No notebook skips a cell: neither the directive nor a `skip-execution` tag set by hand (Colab would run it)."
+    nb = nbformat.read(path, as_version=4)
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code": continue
+        assert "skip-execution" not in c.metadata.get("tags", []), f"{path.name}, cell {i}: tagged skip-execution"
+        assert not re.search(r"^\s*#\s*\|\s*eval\s*:\s*false", c.source, re.M | re.I), f"{path.name}, cell {i}: `#| eval: false`"
 
 
 @pytest.mark.parametrize("source, says", [
     ("#| foo bar\nx = 1", "`#| foo bar`"),
-    ("#| slow\nx = 1", "`#| eval: false`"),
+    ("#| slow\nx = 1", "smaller"),
+    ("#| eval: false\nx = 1", "Run all"),
     ("#| notest\nx = 1", "executes every cell"),
     ("#| hide_input\nx = 1", "`#| echo: false`"),
     ("#| echo: fenced\nx = 1", "`#| echo: fenced`"),
