@@ -69,7 +69,7 @@ venv: debs .venv/.installed
 	@echo "Setting up .venv (torch, nbdev, jupyter-book, ...)"
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q -U pip setuptools wheel
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH)   # unquoted: TORCH may carry pip options (the release workflow adds a CPU index)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

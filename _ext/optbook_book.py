@@ -37,7 +37,8 @@ Three jobs:
    "Run all". That one execution is the book's output, the notebooks' cell tests and the Colab check at once.
 
 3. At `build-finished` it writes `_build/exec_times.json`, each chapter's execution time and status
-   from myst-nb's execution data; `python _ext/optbook_book.py exec-table` prints it (make does).
+   from myst-nb's execution data; `python _ext/optbook_book.py exec-table` prints it (make does). It also
+   copies the wheel the chapters ran against into the site's `_static/` (`publish_wheel`), the install cells' fallback.
 """
 import json, os, pathlib, re, sys, time
 
@@ -488,6 +489,16 @@ def copy_mathjax(app):
     shutil.copytree(src, pathlib.Path(app.outdir) / "_static" / "mathjax", dirs_exist_ok=True)
 
 
+def publish_wheel(app, exception):
+    """Serve the wheel the chapters ran against from the site itself, `_static/optbook-VERSION-py3-none-any.whl`: the
+    book and the package it was built with are published together, and a chapter's install cell falls back to it."""
+    if exception is not None or app.builder.format != "html": return
+    wheels = sorted((pathlib.Path(app.srcdir) / "_build" / "colab" / "dist").glob("optbook-*.whl"))
+    if not wheels: return   # a build outside `make book` (no colab-wheel step); tests/test_release.py checks the real one
+    import shutil
+    shutil.copy2(wheels[-1], pathlib.Path(app.outdir) / "_static" / wheels[-1].name)
+
+
 COMMENTS_JS = """
 document.addEventListener("DOMContentLoaded", function () {
   var cfg = %s;
@@ -542,6 +553,7 @@ def setup(app):
     app.connect("env-before-read-docs", _before_read)
     app.connect("source-read", _source_read)
     app.connect("build-finished", write_exec_times)
+    app.connect("build-finished", publish_wheel)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
 
 
