@@ -116,7 +116,7 @@ class Muon(Optimizer):
     $d_{\rm out}\times$(the rest), with $r$ from that flattened shape (torch refuses them); `foreach=True` (the default
     off the CPU) orthogonalizes same-shape matrices of a group in one batched Newton–Schulz (equal to one at a time up
     to bfloat16 rounding: batched and single matrix products may accumulate in another order); the invalid values are refused at construction (torch finds `ns_steps >= 100` and complex parameters only at
-    `step`); and with `nesterov=False` and a bfloat16 parameter the momentum buffer is not rescaled in place (torch
+    `step`); under FSDP2 the momentum stays sharded and only the direction is gathered for Newton–Schulz; and with `nesterov=False` and a bfloat16 parameter the momentum buffer is not rescaled in place (torch
     2.13 divides it by its norm inside Newton–Schulz, because `.bfloat16()` of a bfloat16 tensor is the tensor itself).
 
     References: Jordan et al. (2024), Muon: an optimizer for hidden layers in neural networks; Bernstein & Newhouse
@@ -181,8 +181,7 @@ class Muon(Optimizer):
 # %% ../nbs/07_muon.ipynb #adc916fa
 def _muon_weight(module: nn.Module, name: str) -> str | None:
     "Why a parameter that `module` registers as `name` is a hidden matrix for Muon, or None if it is not one."
-    if isinstance(module, nn.Linear) and name == "weight": return "nn.Linear weight"
-    if isinstance(module, nn.modules.conv._ConvNd) and name == "weight": return f"{type(module).__name__} weight"
+    if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd)) and name == "weight": return f"{type(module).__name__} weight"
     if isinstance(module, nn.MultiheadAttention) and name.endswith("proj_weight"): return "attention input projection"
     return None
 
@@ -303,11 +302,17 @@ class MuonWithAuxAdam(torch.optim.Optimizer):
         return loss
 
     def load_state_dict(self, state_dict: dict):
-        "torch's loader, after checking that each saved group is of the same kind (Muon or AdamW) as ours."
+        "torch's loader, after checking that each saved group is of our kind, and each kind's part with its own strict check."
         saved = [g.get("use_muon") for g in state_dict["param_groups"]]
         if saved != [g["use_muon"] for g in self.param_groups]:
             raise ValueError(f"MuonWithAuxAdam: the state_dict's groups have use_muon={saved}, "
                              f"this optimizer's {[g['use_muon'] for g in self.param_groups]}")
+        for use_muon, part in self._parts.items():
+            check = getattr(part, "check_state_dict", None)          # the core's strict loading, where it exists
+            if check is None: continue
+            groups = [g for g in state_dict["param_groups"] if g["use_muon"] is use_muon]
+            ids = {k for g in groups for k in g["params"]}
+            check({"param_groups": groups, "state": {k: s for k, s in state_dict["state"].items() if k in ids}})
         super().load_state_dict(state_dict)
         self._share()
 

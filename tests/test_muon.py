@@ -290,6 +290,10 @@ def test_muon_with_aux_adam_refuses_bad_groups():
     other = M.MuonWithAuxAdam([dict(params=[b.detach().clone().requires_grad_()], use_muon=False),
                                dict(params=[w.detach().clone().requires_grad_()], use_muon=True)])
     with pytest.raises(ValueError, match="use_muon"): opt.load_state_dict(other.state_dict())
+    if hasattr(Muon, "check_state_dict"):                    # the core's strict loading reaches each kind's groups
+        w.grad, b.grad = torch.ones_like(w), torch.ones_like(b); opt.step()
+        sd = opt.state_dict(); sd["state"][0]["momentum_buffer"] = torch.zeros(2, 2)
+        with pytest.raises(ValueError, match="shape"): opt.load_state_dict(sd)
 
 
 @pytest.mark.parametrize("bad", [dict(ns_coefficients=(1.0, 2.0)), dict(eps=-1.0), dict(ns_steps=-1)])
