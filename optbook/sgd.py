@@ -46,9 +46,10 @@ def sgd_update(
 class SGD(Optimizer):
     r"""Stochastic gradient descent with momentum, Nesterov and L2 weight decay; a drop-in `torch.optim.SGD`.
 
-    When to use it: a strong baseline for vision models (ResNets trained with momentum 0.9 and a step or
-    cosine schedule), and whenever the memory of an extra buffer per parameter matters. For transformers
-    and for problems whose coordinates have very different gradient scales, prefer an adaptive method (Adam).
+    When to use it: the usual baseline for vision models (ResNets are commonly trained with momentum 0.9 and a
+    step or cosine schedule), and whenever the memory of an extra buffer per parameter matters. Transformers
+    and problems whose coordinates have very different gradient scales are usually trained with an adaptive
+    method (Adam); compare them on your problem with `optbook.compare`, each tuned on its own grid.
 
     {state_table}
 
@@ -73,8 +74,10 @@ class SGD(Optimizer):
       (2013), who put it inside ($v \leftarrow \beta v + \eta g$, $\theta \leftarrow \theta - v$);
       the two differ when $\eta$ changes;
     - `nesterov=True` is the change-of-variables form (换元形式) $\theta \leftarrow \theta - \eta(\bar g + \beta m)$: the
-      model holds the lookahead point $\theta - \eta\beta m$ of Sutskever et al.'s form instead of $\theta$ (both forms keep
-      one buffer); the two agree for a constant learning rate, and differ when a scheduler changes it;
+      model holds the lookahead point $\theta - \eta\beta m$ instead of $\theta$ (both forms keep one buffer). With
+      $\eta$ outside the buffer, as here, the rewrite is exact only for a constant learning rate; in Sutskever et al.'s
+      own form ($\eta$ inside the velocity) it is exact under any schedule, but under a schedule that form is a
+      different algorithm from this one;
     - `weight_decay` is coupled (L2, added to the gradient), not decoupled as in SGDW/AdamW.
 
     References: Robbins & Monro (1951); Polyak (1964), heavy ball; Nesterov (1983);
