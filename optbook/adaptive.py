@@ -238,10 +238,10 @@ class Adadelta(Optimizer):
     r"""AdaDelta: the step is a ratio of two RMS values, of past updates over gradients, so it carries the units of θ;
     a drop-in `torch.optim.Adadelta`.
 
-    When to use it: when no learning rate can be tuned and parameters of very different scales share one optimizer; the
-    default `lr=1.0` is Zeiler's algorithm. In practice RMSprop and Adam with a tuned learning rate usually train faster,
-    and AdaDelta's first steps are tiny (about $\sqrt{\varepsilon/(1-\beta_2)}$ per coordinate), so `eps` acts as an
-    initial learning rate.
+    When to use it: parameters of very different scales share one optimizer and steps in the units of θ are wanted; the
+    default `lr=1.0` is Zeiler's algorithm. It does not remove tuning: the first steps are tiny (about
+    $\sqrt{\varepsilon/(1-\beta_2)}$ per coordinate), so `eps` acts as an initial learning rate, and `lr` still scales
+    every step; tune them as one tunes a learning rate before comparing it with other optimizers.
 
     {state_table}
 
