@@ -76,8 +76,8 @@ class Shampoo(Optimizer):
     columns, e.g. a badly conditioned, rotated loss. It costs two eigendecompositions per matrix every
     `precondition_frequency` steps, O(p³ + q³) for a p × q matrix, and the memory of p² + q² numbers per matrix
     (four matrices: P, Q and their roots). Not for layers with a huge side (an embedding with a 50 000-word
-    vocabulary would need a 50 000² factor): give those to Adam. torch.optim has no Shampoo. In practice
-    `grafting="adagrad"` (the step length of AdaGrad, the direction of Shampoo) makes η transferable from AdaGrad.
+    vocabulary would need a 50 000² factor): give those to Adam. torch.optim has no Shampoo. In practice Shampoo
+    is run with grafting (`grafting="adagrad"`: each matrix takes AdaGrad's step length and Shampoo's direction).
 
     {state_table}
 
