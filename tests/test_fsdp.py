@@ -76,16 +76,19 @@ def _worker(rank, port, out_dir):
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
 
+    mesh = init_device_mesh("cpu", (WORLD,))          # CPU shards also where a GPU exists (gloo is the backend)
+
     def sharded():
         model = make_model()
         for layer in model:
-            if isinstance(layer, torch.nn.Linear): fully_shard(layer)
-        return fully_shard(model)
+            if isinstance(layer, torch.nn.Linear): fully_shard(layer, mesh=mesh)
+        return fully_shard(model, mesh=mesh)
 
     def full(model): return [p.full_tensor().detach().clone() for p in model.parameters()]
 

@@ -303,3 +303,22 @@ def test_more_bad_arguments(bad):
 
 def test_complex_refused():
     with pytest.raises(ValueError, match="complex"): Muon([torch.zeros(2, 2, dtype=torch.complex64)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_muon_with_aux_adam_on_a_gpu():
+    "On CUDA, foreach defaults to on (batched Newton–Schulz): the one optimizer still equals the pair, and both learn."
+    torch.manual_seed(0); a = TinyLM().cuda()
+    b = TinyLM().cuda(); b.load_state_dict(a.state_dict())
+    kw = dict(muon=dict(lr=0.02), adamw=dict(lr=3e-3))
+    pair, one = muon_with_adamw(a, **kw), M.MuonWithAuxAdam.for_model(b, **kw)
+    losses = []
+    for step in range(10):
+        x = lm_batch(step).cuda()
+        for o in (*pair, one): o.zero_grad()
+        la, lb = lm_loss(a, x), lm_loss(b, x)
+        la.backward(); lb.backward()
+        for o in (*pair, one): o.step()
+        losses.append(la.item())
+        for p, q in zip(a.parameters(), b.parameters()): assert torch.equal(p, q), step
+    assert losses[-1] < losses[0]
