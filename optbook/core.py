@@ -2,6 +2,9 @@
 
 # %% ../nbs/90_core.ipynb #f2a0be65
 from __future__ import annotations
+import functools
+import inspect
+import numbers
 import operator
 from collections import defaultdict
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -10,8 +13,9 @@ import torch
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['default_device', 'progress', 'check_nonneg', 'check_range', 'check_int', 'check_betas', 'off', 'TensorList',
-           'Optimizer', 'sign_update', 'SignSGD', 'hyper_tensors', 'update_batch', 'compile_update']
+__all__ = ['default_device', 'progress', 'check_real', 'check_nonneg', 'check_range', 'check_int', 'check_betas', 'off',
+           'TensorList', 'Optimizer', 'nan_sign', 'sign_update', 'SignSGD', 'hyper_tensors', 'update_batch',
+           'compile_update']
 
 # %% ../nbs/90_core.ipynb #21292c07
 def default_device() -> torch.device:
@@ -37,32 +41,61 @@ def _as_float(value) -> float:
     "A Python float from a number or a one-element tensor."
     return value.item() if isinstance(value, Tensor) else float(value)
 
+_YAML_HINT = ("; a string here usually comes from a config file: YAML 1.1 (PyYAML) reads `lr: 1e-3` as the string "
+              "'1e-3', so write 1.0e-3 there, or convert with float()")
+
+def _is_real_number(value) -> bool:
+    "An int or a float (NumPy's real scalars too), not a bool."
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+def _type_error(name: str, value, what: str = "a real number") -> TypeError:
+    "The `TypeError` for `value` of the wrong type, naming `name` and `value` (with the YAML hint for a string)."
+    return TypeError(f"Invalid {name}: {value!r} is a {type(value).__name__}, not {what}"
+                     + (_YAML_HINT if isinstance(value, (str, bytes)) else ""))
+
+def _check_real_type(name: str, value) -> None:
+    "Raise unless `value` is a real number (not a bool) or a one-element floating-point tensor; reads no tensor's value."
+    if isinstance(value, Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"Invalid {name}: a tensor {name} must be real floating-point, got dtype {value.dtype}")
+        if value.numel() != 1:
+            raise ValueError(f"Invalid {name}: a tensor {name} must have one element, got shape {tuple(value.shape)}")
+    elif not _is_real_number(value): raise _type_error(name, value)
+
+def check_real(name: str, # the hyperparameter's name, as the user spells it
+               value      # its value: an int or float (NumPy's too), or a one-element floating-point tensor
+              ) -> float:
+    "`value` as a Python float; a `TypeError` naming `name` and `value` unless it is a real number (a bool or a string is not)."
+    _check_real_type(name, value)
+    return _as_float(value)
+
 def check_nonneg(name: str, # the hyperparameter's name, as the user spells it
                  value):    # its value: a number or a one-element tensor
-    "Raise a `ValueError` naming `name` unless `value` >= 0 (rejects nan too)."
-    if isinstance(value, Tensor) and value.numel() != 1:
-        raise ValueError(f"Invalid {name}: a tensor {name} must have one element, got shape {tuple(value.shape)}")
-    if not _as_float(value) >= 0: raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
+    "A `TypeError` naming `name` unless `value` is a real number (`check_real`); a `ValueError` unless `value` >= 0 (rejects nan too)."
+    if not check_real(name, value) >= 0: raise ValueError(f"Invalid {name}: {value!r} (must be >= 0)")
 
 def check_range(name: str, # the hyperparameter's name
                 value,     # its value
                 lo: float, # smallest allowed value (inclusive)
                 hi: float):# upper bound (exclusive)
-    "Raise a `ValueError` naming `name` unless `lo <= value < hi`."
-    if not lo <= _as_float(value) < hi: raise ValueError(f"Invalid {name}: {value!r} (must be in [{lo}, {hi}))")
+    "A `TypeError` unless `value` is a real number (`check_real`); a `ValueError` naming `name` unless `lo <= value < hi`."
+    if not lo <= check_real(name, value) < hi: raise ValueError(f"Invalid {name}: {value!r} (must be in [{lo}, {hi}))")
 
 def check_int(name: str,   # the argument's name, as the user spells it
               value,       # its value: any integer type (int, a NumPy integer, ...), not a bool
               lo: int = 1  # the smallest allowed value
              ) -> int:
-    "`value` as an int; a `ValueError` naming `name` unless it is an integer >= `lo` (a bool or 2.0 is not)."
+    "`value` as an int; a `TypeError` naming `name` if it is no number at all, a `ValueError` unless it is an integer >= `lo` (a bool or 2.0 is not)."
     try: n = None if isinstance(value, bool) else operator.index(value)
-    except TypeError: n = None
+    except TypeError:
+        if not isinstance(value, (numbers.Number, Tensor)): raise _type_error(name, value, "an int") from None
+        n = None
     if n is None or n < lo: raise ValueError(f"Invalid {name}: {value!r} (must be an int >= {lo})")
     return n
 
 def check_betas(betas):  # a pair (β1, β2) of averaging coefficients
-    "Raise a `ValueError` unless `betas` is a pair with each value in [0, 1)."
+    "A `TypeError` unless `betas` is a tuple or list of real numbers; a `ValueError` unless it is a pair with each value in [0, 1)."
+    if not isinstance(betas, (tuple, list)): raise _type_error("betas", betas, "a pair (beta1, beta2) of real numbers")
     if len(betas) != 2: raise ValueError(f"Invalid betas: {betas!r} (must be a pair (beta1, beta2))")
     for i, b in enumerate(betas): check_range(f"beta parameter at index {i}", b, 0.0, 1.0)
 
@@ -176,11 +209,67 @@ def _real(x):
     "A complex tensor as real pairs (`torch.view_as_real`, a view: updates land in the original); anything else unchanged."
     return torch.view_as_real(x) if isinstance(x, Tensor) and x.is_complex() else x
 
+def _plain(x):
+    "A NumPy scalar as the Python int or float it equals (so a state_dict loads with weights_only=True); anything else unchanged."
+    if type(x) in (int, float) or isinstance(x, Tensor) or not _is_real_number(x): return x
+    return int(x) if isinstance(x, numbers.Integral) else float(x)
+
+def _real_defaults(init) -> dict:
+    "The arguments of `init` whose default is a real number (name -> None) or a tuple of n real numbers (name -> n)."
+    out = {}
+    for name, prm in inspect.signature(init).parameters.items():
+        d = prm.default
+        if _is_real_number(d): out[name] = None
+        elif isinstance(d, tuple) and d and all(map(_is_real_number, d)): out[name] = len(d)
+    return out
+
+def _check_hyper(name: str, value, arity, length: bool = False):
+    "`value` type-checked as a real hyperparameter (`arity` None) or a tuple of `arity` of them, NumPy scalars made plain."
+    if arity is None:
+        _check_real_type(name, value)
+        return _plain(value)
+    if not isinstance(value, (tuple, list)): raise _type_error(name, value, f"a tuple of {arity} real numbers")
+    if length and len(value) != arity: raise ValueError(f"Invalid {name}: {value!r} (must be a tuple of {arity} numbers)")
+    for i, x in enumerate(value): _check_real_type(f"{name}[{i}]", x)
+    plain = [_plain(x) for x in value]
+    return value if all(a is b for a, b in zip(plain, value)) else type(value)(plain) if type(value) in (tuple, list) else tuple(plain)
+
+def _checked_init(init):
+    "`init` preceded by the type check of every argument whose default is a real number, or a tuple of them (see `Optimizer`)."
+    reals = _real_defaults(init)
+    sig = inspect.signature(init)
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try: bound = sig.bind(self, *args, **kwargs)
+        except TypeError: return init(self, *args, **kwargs)      # a wrong call: Python's own message says what is wrong
+        for name, arity in reals.items():
+            if name in bound.arguments: bound.arguments[name] = _check_hyper(name, bound.arguments[name], arity)
+        init(*bound.args, **bound.kwargs)
+    __init__._real_hyperparameters = reals
+    return __init__
+
+def _kind(dtype: torch.dtype) -> str:
+    "The kind of a dtype, which a loaded state tensor must share with what `init_state` creates."
+    return ("complex" if dtype.is_complex else "floating-point" if dtype.is_floating_point
+            else "bool" if dtype == torch.bool else "integer")
+
 class Optimizer(torch.optim.Optimizer):
     """The bookkeeping every optbook optimizer shares: validation, lazy state, the step counter, and the paths.
 
     A subclass declares `rule`, `state_keys` (book symbol -> (torch state key, meaning)), and optionally
-    `uses_step`, `exact_keys`, `per_matrix`, `matrices_only`, `supports_complex`; it implements `init_state` and `hyper`."""
+    `uses_step`, `exact_keys`, `per_matrix`, `matrices_only`, `supports_complex`; it implements `init_state` and `hyper`.
+
+    What every subclass gets without a line of its own:
+    - Types. Each `__init__` argument whose default is a real number, or a tuple of real numbers (`betas`), must be an int
+      or a float (NumPy's real scalars are stored as Python numbers), not a bool or a string, or a one-element
+      floating-point tensor; anything else is a `TypeError` naming it and its value, at construction, in
+      `add_param_group`, and at the next `step()` if a group's value is replaced later. The subclass checks the values
+      (`check_nonneg`, `check_range`, ...). A tuple may mix floats and tensors (torch refuses such betas; the rules
+      here take each entry as a number).
+    - Strict loading: `load_state_dict` checks the whole state_dict against this optimizer before it writes anything.
+    - Non-finite gradients are not filtered, as in torch.optim: a NaN or ±inf entry of a gradient makes its parameter
+      non-finite at that step, never only the state (rules take signs with `nan_sign`, since `torch.sign(nan)` is 0).
+      Guard with `torch.amp.GradScaler`, which skips such steps, or check `torch.isfinite` of the gradients."""
     rule: Callable = None            # the update rule: updates θ and the state in place; arguments are the book's symbols
     state_keys: dict = {}            # symbol -> (torch's state key, meaning): the one table between the two
     uses_step: bool = False          # keep torch's per-parameter state["step"]; the rule gets t, counted from 1
@@ -188,11 +277,15 @@ class Optimizer(torch.optim.Optimizer):
     per_matrix: bool = False         # the rule needs whole tensors: never batched; DTensor shards are gathered first
     matrices_only: bool = False      # refuse parameters with fewer than 2 dimensions
     supports_complex: bool = True    # complex parameters are updated as real pairs; False refuses them
+    _real_hyperparameters: dict = {} # made from the signature of __init__: name -> None, or the length of a tuple
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.__doc__ and "{state_table}" in cls.__doc__:
             cls.__doc__ = cls.__doc__.replace("{state_table}", cls.state_table())
+        init = cls.__dict__.get("__init__")
+        if init is not None and not hasattr(init, "_real_hyperparameters"): cls.__init__ = init = _checked_init(init)
+        cls._real_hyperparameters = getattr(cls.__init__, "_real_hyperparameters", cls._real_hyperparameters)
 
     @classmethod
     def state_table(cls) -> str:
@@ -214,7 +307,7 @@ class Optimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict):
-        "Add a group after checking that its parameters are unique floating tensors; a generator is read once."
+        "Add a group after checking that its parameters are unique floating tensors (a generator is read once) and the types of its hyperparameters."
         name = type(self).__name__
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
@@ -233,7 +326,16 @@ class Optimizer(torch.optim.Optimizer):
             if id(p) in seen:
                 raise ValueError(f"{name}: parameter {i} appears twice in the same parameter group")
             seen.add(id(p))
-        super().add_param_group({**param_group, "params": params})  # the list we read, not the spent generator
+        group = {**param_group, "params": params}            # the list we read, not the spent generator
+        for key, arity in self._real_hyperparameters.items():
+            if key in group: group[key] = _check_hyper(key, group[key], arity, length=True)
+        super().add_param_group(group)
+
+    def _check_group(self, group: dict) -> None:
+        "The type check of `group`'s real hyperparameters at each step (no tensor is read): catches a string written in later."
+        for key, arity in self._real_hyperparameters.items():
+            v = group.get(key)
+            if type(v) is not float and type(v) is not int and key in group: _check_hyper(key, v, arity)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -295,8 +397,82 @@ class Optimizer(torch.optim.Optimizer):
         "The state entries by the book's symbols (complex ones as real pairs)."
         return {sym: view(state[key]) for sym, (key, _) in self.state_keys.items() if key in state}
 
+    def expected_state(self, p: Tensor, group: dict) -> dict:
+        "What `init_state` creates for `p` under `group`, by torch's state key, made on the meta device (no memory); `step` -> None."
+        like = torch.empty(p.shape, dtype=p.dtype, device="meta")
+        try: init = self.init_state(like, group)
+        except Exception: init = self.init_state(p, group)        # an init_state that reads p's values: the real thing
+        out = {self.state_keys[sym][0]: v for sym, v in init.items()}
+        if self.uses_step: out["step"] = None                      # a number or a one-element tensor
+        return out
+
+    def check_state_dict(self, state_dict: dict) -> None:
+        "Raise a `ValueError` naming the first thing in `state_dict` that does not fit this optimizer (`load_state_dict` calls it first)."
+        name = type(self).__name__
+        def refuse(msg): raise ValueError(f"{name}.load_state_dict: {msg}; nothing was loaded")
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            refuse(f"expected a dict with 'state' and 'param_groups', got {type(state_dict).__name__} "
+                   f"{sorted(state_dict) if isinstance(state_dict, dict) else ''}")
+        saved = state_dict["param_groups"]
+        if len(saved) != len(self.param_groups):
+            refuse(f"it has {len(saved)} parameter groups, this optimizer {len(self.param_groups)}")
+        owns_state = type(self).init_state is Optimizer.init_state   # L-BFGS: its own state, under its first parameter
+        declared = {key for key, _ in self.state_keys.values()} | ({"step"} if self.uses_step else set())
+        where = {}
+        for gi, (sg, g) in enumerate(zip(saved, self.param_groups)):
+            if len(sg["params"]) != len(g["params"]):
+                refuse(f"its parameter group {gi} has {len(sg['params'])} parameters, this optimizer's {len(g['params'])}")
+            missing = [k for k in self._real_hyperparameters if k in self.defaults and k not in sg]
+            if missing:
+                refuse(f"its parameter group {gi} lacks {name}'s hyperparameters {missing} (it has "
+                       f"{sorted(k for k in sg if k != 'params')}): was it saved by another optimizer?")
+            group = {**self.defaults, **sg, "params": g["params"]}
+            for key, arity in self._real_hyperparameters.items():
+                try:
+                    if key in group: _check_hyper(key, group[key], arity, length=True)
+                except (TypeError, ValueError) as err:
+                    raise type(err)(f"{name}.load_state_dict: parameter group {gi}: {err}; nothing was loaded") from None
+            for k, p in zip(sg["params"], g["params"]): where[k] = (p, group)
+        for k, s in state_dict["state"].items():
+            if k not in where: refuse(f"it holds state for parameter {k!r}, which none of its parameter groups lists")
+            if not isinstance(s, dict): refuse(f"the state of parameter {k!r} is a {type(s).__name__}, not a dict")
+            if not s: continue                                     # no state: the next step creates it
+            p, group = where[k]
+            expected = {} if owns_state else self.expected_state(p, group)
+            allowed = declared if owns_state else set(expected)
+            unknown, missing = sorted(set(s) - allowed, key=str), sorted(set(expected) - set(s))
+            if unknown:
+                refuse(f"the saved state of parameter {k!r} has {unknown}, which {name} does not keep under its group's "
+                       f"settings (it keeps {sorted(allowed)}): was it saved by another optimizer, or with other settings?")
+            if missing:
+                refuse(f"the saved state of parameter {k!r} lacks {missing}, which {name} keeps under its group's settings")
+            for key, want in expected.items():
+                v = s[key]
+                if v is None: continue                             # torch allows it (SGD's buffer): recreated at the next step
+                if want is None or not isinstance(want, Tensor):   # step, or a number
+                    if not (_is_real_number(v) or isinstance(v, Tensor) and v.numel() == 1):
+                        refuse(f"the saved state {key!r} of parameter {k!r} is {v!r}, not a number or a one-element tensor")
+                elif not isinstance(v, Tensor):
+                    refuse(f"the saved state {key!r} of parameter {k!r} is a {type(v).__name__}, where {name} keeps a "
+                           f"tensor of shape {tuple(want.shape)}")
+                elif tuple(v.shape) != tuple(want.shape):
+                    refuse(f"parameter {k!r} has shape {tuple(p.shape)}, but its saved state {key!r} has shape "
+                           f"{tuple(v.shape)}, where {name} expects {tuple(want.shape)}: was it saved for another model?")
+                elif _kind(v.dtype) != _kind(want.dtype):
+                    refuse(f"the saved state {key!r} of parameter {k!r} is {_kind(v.dtype)} ({v.dtype}), where {name} "
+                           f"keeps {_kind(want.dtype)} ({want.dtype}) for a {p.dtype} parameter")
+
     def load_state_dict(self, state_dict: dict):
-        "torch's loader, except that exact scalar state (`exact_keys`) keeps its saved dtype."
+        """torch's loader, after `check_state_dict` has found that everything fits, and keeping exact scalar state's dtype.
+
+        Checked before anything is written (a refused state_dict changes nothing): the number and sizes of the
+        parameter groups; each group has every real hyperparameter of this optimizer (other keys, such as a
+        scheduler's `initial_lr`, are kept) of the right type; each parameter's saved state has exactly the keys
+        `init_state` creates under its group's settings (plus `step`), with its shapes and dtype kinds (a float32
+        state loads into a bfloat16 model, as in torch; a complex one into a real model does not). An entry of None
+        is allowed, as torch allows it. An optimizer that keeps its own state (no `init_state`: L-BFGS) is checked
+        for its key names only. The load_state_dict pre-hooks of torch run after this check."""
+        self.check_state_dict(state_dict)
         keys = [self.state_keys[sym][0] for sym in self.exact_keys]
         saved = {i: {k: s[k] for k in keys if isinstance(s.get(k), Tensor)} for i, s in state_dict["state"].items()}
         super().load_state_dict(state_dict)
@@ -327,6 +503,7 @@ class Optimizer(torch.optim.Optimizer):
         "Perform one optimization step; `closure` re-evaluates the model and returns the loss."
         loss = self.evaluate(closure)
         for group in self.param_groups:
+            self._check_group(group)
             h = self.hyper(group)
             batches, matrix_batches = defaultdict(list), defaultdict(list)
             for p, g in self.params_with_grad(group):
@@ -359,6 +536,10 @@ def _local_part(full: Tensor, shard) -> Tensor:
     return full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
 
 # %% ../nbs/90_core.ipynb #sgn00002
+def nan_sign(x: Tensor | TensorList) -> Tensor | TensorList:
+    "sign(x), except NaN where x is NaN or ±inf: a non-finite gradient stays visible in the parameters it moves (`torch.sign(nan)` is 0)."
+    return x.sign().add_(x, alpha=0)               # 0·x is 0 where x is finite, NaN where it is not
+
 def sign_update(
     p: Tensor | TensorList,          # θ: the parameters, updated in place
     g: Tensor | TensorList,          # g: the gradient, left unchanged
@@ -376,7 +557,7 @@ def sign_update(
         m.mul_(beta).add_(g, alpha=1 - beta)   # m ← βm + (1 − β)g
         d = m
     if lam is not None: p.mul_(1 - eta * lam)  # θ ← (1 − ηλ)θ
-    p.add_(d.sign(), alpha=-eta)               # θ ← θ − η·sign(d)
+    p.add_(nan_sign(d), alpha=-eta)            # θ ← θ − η·sign(d); NaN where d is not finite
 
 class SignSGD(Optimizer):
     r"""Sign descent, and Signum with `momentum > 0`: θ ← (1 − ηλ)θ − η·sign(m). optbook's worked example.

@@ -407,3 +407,138 @@ def test_long_loops_show_progress_through_core_progress(capfd):
         assert desc not in "".join(capfd.readouterr()), desc
         run(True)
         assert desc in "".join(capfd.readouterr()), f"{desc}: no progress bar"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Reliability: types of hyperparameters, strict loading, non-finite gradients
+
+def test_check_real_refuses_strings_and_bools_and_says_why():
+    with pytest.raises(TypeError, match=r"Invalid lr: '1e-3' is a str, not a real number.*YAML.*1\.0e-3"):
+        core.check_real("lr", "1e-3")
+    for check in (lambda v: check_nonneg("lr", v), lambda v: check_range("momentum", v, 0.0, 1.0)):
+        with pytest.raises(TypeError, match="'0.9'"): check("0.9")
+        with pytest.raises(TypeError, match="True is a bool"): check(True)
+        with pytest.raises(TypeError, match="None is a NoneType"): check(None)
+    with pytest.raises(TypeError, match=r"betas\[1\]|index 1"): check_betas((0.9, "0.999"))
+    with pytest.raises(TypeError, match="0.9 is a float, not a pair"): check_betas(0.9)
+    with pytest.raises(TypeError, match="int64"): check_nonneg("lr", torch.tensor(1))
+    with pytest.raises(ValueError, match="one element"): check_nonneg("lr", torch.ones(2))
+    with pytest.raises(TypeError, match="'3' is a str, not an int"): core.check_int("steps", "3")
+    with pytest.raises(ValueError, match="must be an int"): core.check_int("steps", 2.0)   # a number, but not an int
+    np = pytest.importorskip("numpy")
+    assert core.check_real("lr", np.float32(0.5)) == 0.5 and core.check_real("lr", np.int64(2)) == 2.0
+    assert core.check_real("lr", torch.tensor(0.25)) == 0.25 and core.check_real("lr", 3) == 3.0
+
+
+def test_every_real_argument_is_type_checked_by_the_core_alone():
+    "A subclass that checks nothing still refuses a string, a bool or a non-number in any real argument, and in a group."
+    class Lax(Counting):
+        def __init__(self, params, lr=0.1, betas=(0.5, 0.5), *, name="lax", foreach=None):
+            super().__init__(params, lr=lr, foreach=foreach)
+            self.defaults["betas"] = betas
+    w = torch.zeros(2)
+    assert Lax._real_hyperparameters == {"lr": None, "betas": 2}
+    for kw, words in [(dict(lr="0.1"), ["lr", "'0.1'", "YAML"]), (dict(betas=("0.5", 0.5)), ["betas[0]", "'0.5'"]),
+                      (dict(betas=0.5), ["betas", "tuple of 2"]), (dict(lr=[0.1]), ["lr", "list"])]:
+        with pytest.raises(TypeError) as err: Lax([w], **kw)
+        assert all(word in str(err.value) for word in words), str(err.value)
+    Lax([w], name="a string where the default is one")            # only real-valued arguments are checked
+    with pytest.raises(TypeError, match="lr"): Lax([{"params": [w], "lr": "1e-3"}])
+    with pytest.raises(ValueError, match="tuple of 2"): Lax([{"params": [w], "betas": (0.5,)}])
+    opt = Lax([w]); opt.add_param_group({"params": [torch.zeros(3)], "lr": 0.5})
+    with pytest.raises(TypeError, match="betas"): opt.add_param_group({"params": [torch.zeros(3)], "betas": "0.9,0.9"})
+    assert len(opt.param_groups) == 2, "the refused group was not added"
+    assert inspect_signature(Lax) == ["params", "lr", "betas", "name", "foreach"], "the wrapper keeps the signature"
+
+
+def inspect_signature(cls):
+    import inspect
+    return list(inspect.signature(cls).parameters)
+
+
+def test_numpy_scalars_and_mixed_tensor_betas_are_numbers():
+    "NumPy scalars become Python numbers in the groups; betas may mix a float and a tensor (torch refuses that) and mean the same."
+    from optbook import Adam
+    np = pytest.importorskip("numpy")
+    opt = Counting([torch.zeros(2)], lr=np.float32(0.5))
+    assert type(opt.param_groups[0]["lr"]) is float and opt.param_groups[0]["lr"] == 0.5
+    paths = []
+    for betas in [(0.9, 0.999), (torch.tensor(0.9, dtype=DT), 0.999), (np.float64(0.9), torch.tensor(0.999, dtype=DT))]:
+        p = torch.ones(3, dtype=DT); opt = Adam([p], lr=0.1, betas=betas)
+        for k in range(5):
+            p.grad = torch.full_like(p, (-1.0) ** k * (k + 1)); opt.step()
+        paths.append(p.clone())
+    assert all(torch.equal(paths[0], q) for q in paths[1:])
+
+
+def test_strict_load_state_dict_refuses_what_does_not_fit_and_changes_nothing():
+    from optbook import SGD, Adam, Lion
+    def trained(cls, shapes=((4, 3), (5,)), dtype=DT, **kw):
+        ps = [torch.ones(s, dtype=dtype) for s in shapes]
+        opt = cls(ps, **kw)
+        for _ in range(2):
+            for p in ps: p.grad = torch.ones_like(p)
+            opt.step()
+        return opt
+    adam = trained(Adam, lr=0.1)
+    before = pickle.dumps(adam.state_dict())
+    cases = [
+        (trained(Adam, lr=0.1, amsgrad=True).state_dict(), None),        # fits: its groups carry amsgrad=True along
+        (trained(Lion, lr=0.1).state_dict(), r"lacks Adam's hyperparameters \['eps'\]"),
+        (trained(SGD, lr=0.1, momentum=0.9).state_dict(), r"lacks Adam's hyperparameters \['betas', 'eps'\]"),
+        (trained(Adam, shapes=((4, 3),), lr=0.1).state_dict(), "1 parameters"),
+        (trained(Adam, shapes=((3, 4), (5,)), lr=0.1).state_dict(), r"parameter 0 has shape \(4, 3\), but its saved state "
+                                                                     r"'exp_avg' has shape \(3, 4\), where Adam expects \(4, 3\)"),
+        (trained(Adam, dtype=torch.complex128, lr=0.1).state_dict(), "complex"),
+    ]
+    sd = trained(Adam, lr=0.1).state_dict(); sd["state"][7] = sd["state"][0]
+    cases.append((sd, "parameter 7, which none"))
+    sd = trained(Adam, lr=0.1).state_dict(); del sd["state"][1]["exp_avg_sq"]
+    cases.append((sd, r"lacks \['exp_avg_sq'\]"))
+    for bad, words in cases[1:]:
+        with pytest.raises(ValueError, match=words): adam.load_state_dict(bad)
+        assert pickle.dumps(adam.state_dict()) == before, f"a refused load changed the optimizer ({words})"
+    ams = Adam([torch.ones(4, 3, dtype=DT), torch.ones(5, dtype=DT)], lr=0.1); ams.load_state_dict(cases[0][0])
+    assert ams.param_groups[0]["amsgrad"] is True
+    sd = trained(Adam, lr=0.1, amsgrad=True).state_dict(); sd["param_groups"][0]["amsgrad"] = False
+    with pytest.raises(ValueError, match=r"has \['max_exp_avg_sq'\], which Adam does not keep"): adam.load_state_dict(sd)
+    sd = trained(Adam, lr=0.1).state_dict(); sd["param_groups"][0]["lr"] = "1e-3"
+    with pytest.raises(TypeError, match="parameter group 0: Invalid lr: '1e-3'"): adam.load_state_dict(sd)
+    assert pickle.dumps(adam.state_dict()) == before
+
+
+def test_strict_load_state_dict_accepts_what_torch_accepts():
+    "A scheduler's keys in the groups, float32 state into a bfloat16 model, a None buffer, torch's own state_dict."
+    from optbook import SGD, Adam
+    p = torch.ones(3, dtype=DT); p.grad = torch.ones(3, dtype=DT)
+    opt = Adam([p], lr=0.1); torch.optim.lr_scheduler.StepLR(opt, 2); opt.step()
+    sd = opt.state_dict(); assert "initial_lr" in sd["param_groups"][0]
+    Adam([torch.ones(3, dtype=DT)], lr=0.1).load_state_dict(sd)
+    b = torch.ones(3, dtype=torch.bfloat16)
+    Adam([b], lr=0.1).load_state_dict(opt.state_dict())
+    q = torch.ones(3, dtype=DT); q.grad = torch.ones(3, dtype=DT)
+    ref = torch.optim.SGD([q], lr=0.1, momentum=0.9); ref.step()
+    sd = ref.state_dict(); sd["state"][0]["momentum_buffer"] = None
+    SGD([torch.ones(3, dtype=DT)], lr=0.1, momentum=0.9).load_state_dict(sd)
+
+
+def test_nan_sign_keeps_nonfinite_values_visible():
+    x = torch.tensor([1.5, -2.0, 0.0, -0.0, 1e-300, float("nan"), float("inf"), -float("inf")], dtype=DT)
+    want = torch.tensor([1.0, -1.0, 0.0, 0.0, 1.0, float("nan"), float("nan"), float("nan")], dtype=DT)
+    assert torch.sign(x)[5] == 0, "torch.sign(nan) is 0: the reason for nan_sign"
+    torch.testing.assert_close(core.nan_sign(x), want, equal_nan=True, rtol=0, atol=0)
+    assert torch.equal(core.nan_sign(x[:5]), torch.sign(x[:5])), "finite values: torch.sign exactly"
+    lst = core.nan_sign(TensorList([x, x[:3]]))
+    torch.testing.assert_close(lst[0], want, equal_nan=True, rtol=0, atol=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        compiled = torch.compile(core.nan_sign, fullgraph=True)(x.clone())
+    torch.testing.assert_close(compiled, want, equal_nan=True, rtol=0, atol=0)   # Inductor keeps 0·x (x·0 it folds to 0)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_signsgd_makes_a_nan_gradient_visible(foreach):
+    p = torch.zeros(4, dtype=DT); p.grad = torch.tensor([1.0, float("nan"), -1.0, float("inf")], dtype=DT)
+    SignSGD([p], lr=0.1, momentum=0.9, foreach=foreach).step()
+    assert p[0] == -0.1 and p[2] == 0.1 and p[1].isnan() and p[3].isnan()
