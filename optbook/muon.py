@@ -301,6 +301,12 @@ class MuonWithAuxAdam(torch.optim.Optimizer):
             if part is not None: part.step()
         return loss
 
+    def __getstate__(self): return {**super().__getstate__(), "_parts": self._parts}   # torch's keeps only three keys
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_parts" in self.__dict__: self._share()
+
     def load_state_dict(self, state_dict: dict):
         "torch's loader, after checking that each saved group is of our kind, and each kind's part with its own strict check."
         saved = [g.get("use_muon") for g in state_dict["param_groups"]]

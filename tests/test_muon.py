@@ -1,5 +1,6 @@
 """Chapter 07 (Muon): the Newton–Schulz polynomial, conv flattening, the parameter-group helper, batched NS,
 torch 2.13's in-place bf16 bug, and mutants that the reference comparison must catch."""
+import copy
 import inspect
 import math
 
@@ -255,6 +256,11 @@ def test_muon_with_aux_adam_equals_the_pair_step_by_step():
     sd = one.state_dict()
     assert {k for s in sd["state"].values() for k in s} == {"momentum_buffer", "step", "exp_avg", "exp_avg_sq"}
     assert len(sd["state"]) == len(list(b.parameters()))
+    twin = copy.deepcopy((b, one))                             # a deep copy (and a pickle) keeps the inner optimizers
+    for bb, oo in ((b, one), twin):
+        oo.zero_grad(); lm_loss(bb, lm_batch(9)).backward(); oo.step()
+    for p, q in zip(b.parameters(), twin[0].parameters()): assert torch.equal(p, q)
+    assert twin[1]._parts[True].state is twin[1].state and twin[1]._parts[True].param_groups[0] is twin[1].param_groups[0]
 
 
 def test_muon_with_aux_adam_state_dict_round_trip_and_one_scheduler():
