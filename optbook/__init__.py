@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 __all__ = ['Optimizer', 'TensorList', 'default_device', 'SGD', 'sgd_update', 'SignSGD', 'sign_update', 'Adagrad', 'RMSprop',
            'Adadelta', 'adagrad_update', 'rmsprop_update', 'adadelta_update', 'Adam', 'AdamW', 'Adamax', 'NAdam',
            'adam_update', 'adamax_update', 'nadam_update', 'Shampoo', 'shampoo_update', 'Rprop', 'Lion', 'rprop_update',
-           'lion_update', 'Muon', 'muon_update', 'newton_schulz', 'muon_param_groups', 'muon_with_adamw', 'LBFGS']
+           'lion_update', 'Muon', 'MuonWithAuxAdam', 'muon_update', 'newton_schulz', 'muon_param_groups',
+           'muon_with_adamw', 'LBFGS']
 
 # %% ../nbs/index.ipynb #8fc447f7
 from .core import Optimizer, TensorList, SignSGD, default_device, sign_update
@@ -14,7 +15,7 @@ from .adaptive import Adagrad, RMSprop, Adadelta, adagrad_update, rmsprop_update
 from .adam import Adam, AdamW, Adamax, NAdam, adam_update, adamax_update, nadam_update
 from .shampoo import Shampoo, shampoo_update
 from .sign import Rprop, Lion, rprop_update, lion_update
-from .muon import Muon, muon_update, newton_schulz, muon_param_groups, muon_with_adamw
+from .muon import Muon, MuonWithAuxAdam, muon_update, newton_schulz, muon_param_groups, muon_with_adamw
 from .lbfgs import LBFGS
 # Chapters 9-11 are modules, not optimizers: optbook.gradfree, optbook.search, optbook.attack (their names stay there);
 # so is the comparison protocol of the appendix, optbook.compare
@@ -23,4 +24,4 @@ _all_ = ["Optimizer", "TensorList", "default_device", "SGD", "sgd_update", "Sign
          "Adagrad", "RMSprop", "Adadelta", "adagrad_update", "rmsprop_update", "adadelta_update",
          "Adam", "AdamW", "Adamax", "NAdam", "adam_update", "adamax_update", "nadam_update",
          "Shampoo", "shampoo_update", "Rprop", "Lion", "rprop_update", "lion_update",
-         "Muon", "muon_update", "newton_schulz", "muon_param_groups", "muon_with_adamw", "LBFGS"]
+         "Muon", "MuonWithAuxAdam", "muon_update", "newton_schulz", "muon_param_groups", "muon_with_adamw", "LBFGS"]
