@@ -209,9 +209,11 @@ def _real(x):
     "A complex tensor as real pairs (`torch.view_as_real`, a view: updates land in the original); anything else unchanged."
     return torch.view_as_real(x) if isinstance(x, Tensor) and x.is_complex() else x
 
+_PLAIN = (float, int)
+
 def _plain(x):
     "A NumPy scalar as the Python int or float it equals (so a state_dict loads with weights_only=True); anything else unchanged."
-    if type(x) in (int, float) or isinstance(x, Tensor) or not _is_real_number(x): return x
+    if type(x) in _PLAIN or isinstance(x, Tensor) or not _is_real_number(x): return x
     return int(x) if isinstance(x, numbers.Integral) else float(x)
 
 def _real_defaults(init) -> dict:
@@ -331,11 +333,13 @@ class Optimizer(torch.optim.Optimizer):
             if key in group: group[key] = _check_hyper(key, group[key], arity, length=True)
         super().add_param_group(group)
 
-    def _check_group(self, group: dict) -> None:
-        "The type check of `group`'s real hyperparameters at each step (no tensor is read): catches a string written in later."
+    def check_group(self, group: dict) -> None:
+        "The type check of `group`'s real hyperparameters, at each step (reads no tensor): a string written in later is refused; an optimizer with its own `step` calls it too."
         for key, arity in self._real_hyperparameters.items():
             v = group.get(key)
-            if type(v) is not float and type(v) is not int and key in group: _check_hyper(key, v, arity)
+            if type(v) in _PLAIN or key not in group: continue            # the usual case, at once
+            if type(v) is tuple and all(type(x) in _PLAIN for x in v): continue
+            _check_hyper(key, v, arity)
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -503,7 +507,7 @@ class Optimizer(torch.optim.Optimizer):
         "Perform one optimization step; `closure` re-evaluates the model and returns the loss."
         loss = self.evaluate(closure)
         for group in self.param_groups:
-            self._check_group(group)
+            self.check_group(group)
             h = self.hyper(group)
             batches, matrix_batches = defaultdict(list), defaultdict(list)
             for p, g in self.params_with_grad(group):
