@@ -205,8 +205,11 @@ def adamax_update(
 class Adamax(Optimizer):
     r"""Adamax, Adam with the infinity norm in place of the second moment; a drop-in `torch.optim.Adamax`.
 
-    When to use it: rarely as a first choice; it is Adam's $p\to\infty$ member, whose step is bounded by η per
-    coordinate even when a gradient is huge, and it needs no bias correction of $u$. It has been reported to work
+    When to use it: rarely as a first choice; it is Adam's $p\to\infty$ member, and it needs no bias correction of
+    $u$. Its step per coordinate does not grow with the size of the gradients, but it is not bounded by η: at step
+    $t$ it is at most $B_t = \eta\sum_{j<t}(\beta_1/\beta_2)^j / \sum_{j<t}\beta_1^j$ (attained by same-sign gradients
+    shrinking by $\beta_2$ per step), which grows from η at $t = 1$ to $\eta(1-\beta_1)\beta_2/(\beta_2-\beta_1)$ when
+    $\beta_1 < \beta_2$ (1.009η at the defaults, 3η at betas (0.4, 0.5)), and without bound when $\beta_1 \ge \beta_2$. It has been reported to work
     well for models with sparse, heavy-tailed gradients (embeddings). Its default η is 2e-3.
 
     {state_table}
@@ -323,10 +326,10 @@ class NAdam(Optimizer):
     """
     rule = staticmethod(nadam_update)
     uses_step = True
-    state_keys = {"omega_prod": ("mu_product", r"product $\omega_{1:t}$ of the momentum schedule (a scalar)"),
+    state_keys = {r"\omega_{1:t}": ("mu_product", "product of the momentum schedule $\\omega_1\\cdots\\omega_t$ (a scalar)"),
                   "m": ("exp_avg", "first-moment estimate: EMA of the gradients"),
                   "v": ("exp_avg_sq", "second-moment estimate: EMA of the squared gradients")}
-    exact_keys = ("omega_prod",)
+    exact_keys = (r"\omega_{1:t}",)
 
     def __init__(self, params,                    # parameters, or dicts defining parameter groups
                  lr: float | Tensor = 2e-3,       # η: learning rate
@@ -350,7 +353,7 @@ class NAdam(Optimizer):
     def init_state(self, p, group):
         "ω_{1:0} = 1 as a scalar on p's device (float32, float64 under a float64 default dtype, as torch), m = v = 0."
         scalar = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
-        return {"omega_prod": torch.tensor(1.0, dtype=scalar, device=p.device), "m": _zeros(p), "v": _zeros(p)}
+        return {r"\omega_{1:t}": torch.tensor(1.0, dtype=scalar, device=p.device), "m": _zeros(p), "v": _zeros(p)}
 
     def hyper(self, group):
         beta1, beta2 = group["betas"]
@@ -360,5 +363,6 @@ class NAdam(Optimizer):
 
     def update(self, p, g, s, h, *, t=None, first=False):
         "`nadam_update`; a TensorList is updated tensor by tensor, each with its own ω-product."
-        if not isinstance(p, TensorList): return nadam_update(p, g, s["m"], s["v"], s["omega_prod"], t=t, **h)
-        for i in range(len(p)): nadam_update(p[i], g[i], s["m"][i], s["v"][i], s["omega_prod"][i], t=t, **h)
+        omega_prod = s[r"\omega_{1:t}"]
+        if not isinstance(p, TensorList): return nadam_update(p, g, s["m"], s["v"], omega_prod, t=t, **h)
+        for i in range(len(p)): nadam_update(p[i], g[i], s["m"][i], s["v"][i], omega_prod[i], t=t, **h)

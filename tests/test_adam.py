@@ -166,3 +166,43 @@ def test_refused_options_say_why(cls):
     with pytest.raises(ValueError, match="differentiable"): cls([torch.zeros(2)], differentiable=True)
     if cls in (Adam, AdamW):
         with pytest.raises(NotImplementedError, match="fused"): cls([torch.zeros(2)], fused=True)
+
+
+def adamax_bound(b1, b2, steps):
+    "B_t/η = Σ_{j<t}(β₁/β₂)^j / Σ_{j<t}β₁^j: the largest step Adamax can take at step t (chapter 4)."
+    j = torch.arange(steps, dtype=F64)
+    return ((b1 / b2) ** j).cumsum(0) / (b1 ** j).cumsum(0)
+
+
+def adamax_moves(cls, grads, betas, eps):
+    theta = torch.zeros(grads.shape[1], dtype=F64, requires_grad=True)
+    opt, moves = cls([theta], lr=1.0, betas=betas, eps=eps), []
+    for g in grads:
+        before = theta.detach().clone()
+        theta.grad = g.clone()
+        opt.step()
+        moves.append((theta.detach() - before).abs())
+    return torch.stack(moves)
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.4, 0.5), (0.5, 0.5)], ids=str)
+@pytest.mark.parametrize("cls", [Adamax, torch.optim.Adamax], ids=lambda c: c.__module__.split(".")[0])
+def test_adamax_step_bound_is_attained_and_never_exceeded(cls, betas):
+    b1, b2 = betas
+    steps = 300
+    bound = adamax_bound(b1, b2, steps)
+    worst = torch.tensor([b2 ** k for k in range(1, steps + 1)], dtype=F64)[:, None]   # same sign, shrinking by β₂
+    torch.testing.assert_close(adamax_moves(cls, worst, betas, 0.0)[:, 0], bound, rtol=1e-12, atol=0)
+    gen = torch.Generator().manual_seed(0)
+    noisy = torch.randn(steps, 200, generator=gen, dtype=F64) * torch.exp(3 * torch.randn(steps, 200, generator=gen, dtype=F64))
+    assert (adamax_moves(cls, noisy, betas, 1e-8) <= bound[:, None] * (1 + 1e-12)).all()
+    if b1 < b2:
+        assert bound[-1] > 1 and abs(bound[-1] - (1 - b1) * b2 / (b2 - b1)) < 1e-9    # above η, at the limit
+    else:
+        assert bound[-1] > 0.99 * steps * (1 - b1)                                   # β₁ = β₂: grows like t(1 − β₁)
+
+
+def test_docstrings_render_symbols_and_state_the_true_adamax_bound():
+    assert "$omega_prod$" not in NAdam.__doc__ and r"| `mu_product` | $\omega_{1:t}$ |" in NAdam.__doc__
+    assert "bounded by η per" not in Adamax.__doc__
+    assert r"\eta(1-\beta_1)\beta_2/(\beta_2-\beta_1)" in Adamax.__doc__
