@@ -149,9 +149,11 @@ class Lion(Optimizer):
     \end{align*}
     $$
 
-    Conventions (those of lion-pytorch): the decay is decoupled and multiplied by η, applied before the sign step;
+    Conventions (those of lion-pytorch): the decay is decoupled and multiplied by η, $1 - \eta\lambda$, applied before
+    the sign step: the Lion paper's form $\theta \leftarrow \theta - \eta(\mathrm{sign}(c_t) + \lambda\theta)$, where ηλ changes with η;
     $\mathrm{sign}(0) = 0$; with `decoupled_weight_decay=True` the decay is $1 - (\eta/\eta_0)\lambda$, where $\eta_0$ is the
-    `lr` given to the constructor (the paper's form, whose λ does not scale with the base η); complex parameters are
+    `lr` given to the constructor: Loshchilov and Hutter's form, which follows a schedule η/η₀ but not the base η
+    (the same iterates as the default with λ/η₀ in place of λ); complex parameters are
     updated as real pairs (lion-pytorch's `sgn` would use $z/\lvert z\rvert$); `foreach`, `maximize`, `differentiable`,
     `fused` are torch's keyword-only options (the last two refused); lion-pytorch's `use_triton` is not offered.
     torch.optim has no Lion. With $\beta_1 = \beta_2$ Lion is Signum (`SignSGD` with momentum).
@@ -166,7 +168,7 @@ class Lion(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.99),  # (β₁, β₂): interpolation for the sign, averaging of m
                  weight_decay: float = 0.0,       # λ: decoupled weight decay, θ ← (1 − ηλ)θ
                  *,
-                 decoupled_weight_decay: bool = False,  # lion-pytorch's option: decay by (η/η₀)λ, η₀ the constructor's lr
+                 decoupled_weight_decay: bool = False,  # lion-pytorch's option: decay by (η/η₀)λ, η₀ the constructor's lr (Loshchilov–Hutter)
                  maximize: bool = False,          # maximize the objective instead of minimizing it
                  foreach: bool | None = None,     # multi-tensor path; None: on for CUDA, off on CPU
                  differentiable: bool = False,    # not supported (raises)

@@ -5,6 +5,9 @@
   (the sign of c_t before m is updated, decay scaled by lr) are each rejected when wrong, by the comparisons with the
   references;
 - Rprop's lr sets σ₀ only, and a σ₀ wrong by 1e-9 is caught; Lion with β₁ = β₂ is Signum; Adam at β → 0 is sign descent;
+- Lion's two decay forms under a schedule: the default is the paper's θ ← θ − η(sign(c) + λθ); decoupled_weight_decay=True
+  is Loshchilov–Hutter's (1 − (η/η₀)λ), both equal to lion-pytorch's, and equal to each other with λ' = η₀λ;
+- Lion with β₁ = β₂² is the sign of torch's Nesterov direction; Rprop's step sizes shrink by 0.6^(1/3) per step on pure noise;
 - signatures: Rprop's equals torch.optim.Rprop's, Lion's shared arguments equal lion-pytorch's; the options refused.
 """
 import inspect
@@ -93,7 +96,7 @@ def lion_sign_of_m(p, g, s, h):
 
 
 def lion_decay_not_scaled_by_lr(p, g, s, h):
-    "θ ← (1 − λ)θ: the paper's schedule-free form, not lion-pytorch's (1 − ηλ)."
+    "θ ← (1 − λ)θ: a decay not multiplied by η, neither the Lion paper's (1 − ηλ) nor Loshchilov–Hutter's (1 − (η/η₀)λ)."
     h = dict(h)
     if h["lam"] is not None: h["lam"] = h["lam"] / h["eta"]
     lion_update(p, g, s["m"], **h)
@@ -175,3 +178,64 @@ def test_signatures():
 def test_refused_options_say_why(make, err):
     with pytest.raises((ValueError, NotImplementedError), match=err):
         make([torch.zeros(2, requires_grad=True)])
+
+
+def _lion_path(make, schedule, eta0, seed=0, d=30):
+    "Iterates under the learning rates η₀·s_t, with one fixed stream of random gradients."
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=gen, dtype=F64).requires_grad_()
+    opt, path = make([w]), []
+    for s in schedule:
+        for group in opt.param_groups: group["lr"] = eta0 * s
+        w.grad = torch.randn(d, generator=gen, dtype=F64)
+        opt.step(); path.append(w.detach().clone())
+    return torch.stack(path)
+
+
+def test_lion_decay_forms_paper_and_loshchilov_hutter():
+    import math
+    eta0, lam, schedule = 0.02, 0.3, [0.5 * (1 + math.cos(math.pi * t / 40)) for t in range(40)]
+    paper = _lion_path(lambda ps: Lion(ps, lr=eta0, weight_decay=lam), schedule, eta0)
+    assert torch.equal(paper, _lion_path(lambda ps: _LionPytorch(ps, lr=eta0, weight_decay=lam), schedule, eta0))
+    # by hand, the paper's form: θ ← θ − η_t (sign(c_t) + λθ)
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(30, generator=gen, dtype=F64); m, want = torch.zeros_like(theta), []
+    for s in schedule:
+        g = torch.randn(30, generator=gen, dtype=F64); c = 0.9 * m + 0.1 * g
+        theta = theta - eta0 * s * (torch.sign(c) + lam * theta); m = 0.99 * m + 0.01 * g; want.append(theta)
+    torch.testing.assert_close(paper, torch.stack(want), rtol=1e-12, atol=1e-14)
+    lh = lambda lam_: (lambda ps: Lion(ps, lr=eta0, weight_decay=lam_, decoupled_weight_decay=True))
+    lh_ref = lambda lam_: (lambda ps: _LionPytorch(ps, lr=eta0, weight_decay=lam_, decoupled_weight_decay=True))
+    assert torch.equal(_lion_path(lh(eta0 * lam), schedule, eta0), _lion_path(lh_ref(eta0 * lam), schedule, eta0))
+    torch.testing.assert_close(_lion_path(lh(eta0 * lam), schedule, eta0), paper, rtol=1e-12, atol=1e-14)   # λ' = η₀λ
+    assert not torch.allclose(_lion_path(lh(lam), schedule, eta0), paper, rtol=1e-3, atol=1e-6)       # the same λ differs
+
+
+def test_lion_with_beta1_the_square_of_beta2_is_the_sign_of_nesterov():
+    gen = torch.Generator().manual_seed(3)
+    grads = [torch.randn(25, generator=gen, dtype=F64) for _ in range(60)]
+    def run(betas, eta=0.01):
+        w = torch.zeros(25, dtype=F64, requires_grad=True); opt, path = Lion([w], lr=eta, betas=betas), []
+        for g in grads: w.grad = g.clone(); opt.step(); path.append(w.detach().clone())
+        return torch.stack(path)
+    for mu in (0.9, 0.99):
+        probe = torch.zeros(25, dtype=F64, requires_grad=True)
+        nest = torch.optim.SGD([probe], lr=1.0, momentum=mu, nesterov=True)
+        theta, path = torch.zeros(25, dtype=F64), []
+        for g in grads:
+            before = probe.detach().clone(); probe.grad = g.clone(); nest.step()
+            theta = theta - 0.01 * torch.sign(before - probe.detach()); path.append(theta)
+        assert torch.equal(run((mu * mu, mu)), torch.stack(path))
+        if mu == 0.99: assert not torch.allclose(run((0.9, 0.99)), torch.stack(path))
+
+
+def test_rprop_step_sizes_shrink_by_the_cube_root_of_0_6_on_noise():
+    import math
+    gen = torch.Generator().manual_seed(0)
+    d, steps = 20000, 300
+    p, prev, sigma = torch.zeros(d, dtype=F64), torch.zeros(d, dtype=F64), torch.ones(d, dtype=F64)
+    for _ in range(steps):
+        rprop_update(p, torch.randn(d, generator=gen, dtype=F64), prev, sigma, zeta_minus=0.5, zeta_plus=1.2,
+                     sigma_min=0.0, sigma_max=math.inf, maximize=False)
+    factor = math.exp(sigma.log().mean().item() / steps)
+    assert abs(factor - 0.6 ** (1 / 3)) < 3e-3 and abs(factor - 0.6 ** 0.5) > 0.05
