@@ -198,3 +198,87 @@ def test_landscapes_converge_and_follow_torch(kw):
 def test_fused_and_differentiable_are_not_options():
     import inspect
     assert inspect.signature(LBFGS).parameters.keys() == inspect.signature(torch.optim.LBFGS).parameters.keys()
+
+
+# Line-search mutants that Rosenbrock does not catch: 1-D losses φ(θ) = Σ c_i θ^(i+1) from θ = 0 with φ'(0) = −1, so the
+# first L-BFGS direction is p = +1, the first trial step is α = 1, and θ₁ = α.
+EPS = 1e-6
+PLAIN_DECREASE_TRAP = [-1.0, 2 - 3 * EPS, -(1 - 2 * EPS)]   # α = 1: φ' = 0 and φ = −1e-6 < φ(0), but Armijo needs ≤ −1e-4
+C2_TRAP = [-1.0, 0.025]                                      # α = 1: |φ'| = 0.95 ≤ 0.99 |φ'(0)| but > 0.9 |φ'(0)|
+
+
+def _phi(coef, a): return sum(c * a ** (i + 1) for i, c in enumerate(coef))
+def _dphi(coef, a): return sum((i + 1) * c * a ** i for i, c in enumerate(coef))
+
+
+def first_wolfe_step(cls, coef):
+    "θ₁ after one L-BFGS iteration with the strong Wolfe search on φ, from θ₀ = 0."
+    theta = torch.zeros(1, dtype=F64, requires_grad=True)
+    opt = cls([theta], line_search_fn="strong_wolfe", max_iter=1, max_eval=25)
+    def closure():
+        opt.zero_grad(); loss = _phi(coef, theta).sum(); loss.backward(); return loss
+    opt.step(closure)
+    return theta.detach().clone()
+
+
+def assert_strong_wolfe(cls, c1=1e-4, c2=0.9):
+    "The accepted step satisfies sufficient decrease and the strong curvature condition on both traps."
+    for coef in (PLAIN_DECREASE_TRAP, C2_TRAP):
+        a = first_wolfe_step(cls, coef).item()
+        assert a > 0
+        assert _phi(coef, a) <= c1 * a * _dphi(coef, 0.0), ("sufficient decrease", coef, a)
+        assert abs(_dphi(coef, a)) <= c2 * abs(_dphi(coef, 0.0)), ("curvature", coef, a)
+
+
+def test_strong_wolfe_traps_pass_and_follow_torch():
+    assert_strong_wolfe(LBFGS); assert_strong_wolfe(torch.optim.LBFGS)
+    for coef in (PLAIN_DECREASE_TRAP, C2_TRAP):
+        assert torch.equal(first_wolfe_step(LBFGS, coef), first_wolfe_step(torch.optim.LBFGS, coef))
+
+
+def _plain_decrease_search():
+    "strong_wolfe with Armijo's test replaced by 'the loss went down'."
+    import inspect
+    src = inspect.getsource(lbfgs_mod.strong_wolfe)
+    assert src.count("f <= f0 + c1 * a * slope0") == 1
+    namespace = dict(vars(lbfgs_mod)); exec(src.replace("f <= f0 + c1 * a * slope0", "f < f0"), namespace)
+    return namespace["strong_wolfe"]
+
+
+@pytest.mark.parametrize("mutant", ["plain-decrease", "c2=0.99"])
+def test_line_search_mutants_are_rejected(mutant, monkeypatch):
+    import functools
+    search = _plain_decrease_search() if mutant == "plain-decrease" else functools.partial(lbfgs_mod.strong_wolfe, c2=0.99)
+    monkeypatch.setattr(lbfgs_mod, "strong_wolfe", search)
+    # the mutant still matches torch on Rosenbrock: that comparison alone does not catch it
+    assert torch.equal(rosenbrock_run(LBFGS, dict(line_search_fn="strong_wolfe")),
+                       rosenbrock_run(torch.optim.LBFGS, dict(line_search_fn="strong_wolfe")))
+    with pytest.raises(AssertionError):
+        assert_strong_wolfe(LBFGS)
+
+
+def test_exact_line_search_gives_cg_iterates_with_gamma_scaling_and_memory_one():
+    gen = torch.Generator().manual_seed(0)
+    n = 8
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64))
+    A = Q @ torch.diag(torch.linspace(1.0, 50.0, n, dtype=F64)) @ Q.T
+    b, theta0 = torch.randn(n, generator=gen, dtype=F64), torch.randn(n, generator=gen, dtype=F64)
+    def lbfgs(scale, memory):
+        S, Y, sig, theta, path = [], [], [], theta0, [theta0]
+        g = A @ theta - b
+        for _ in range(n):
+            gam = (S[-1].dot(Y[-1]) / Y[-1].dot(Y[-1])) if (scale and S) else 1.0
+            k = slice(-memory if (memory and S) else None, None)
+            p = lbfgs_mod.two_loop(g, S[k], Y[k], sig[k], gam, [None] * max(len(S[k]), 1))
+            alpha = -g.dot(p) / p.dot(A @ p); theta = theta + alpha * p; g_new = A @ theta - b
+            S.append(alpha * p); Y.append(g_new - g); sig.append(1.0 / Y[-1].dot(S[-1])); g = g_new; path.append(theta)
+        return torch.stack(path)
+    cg, theta, m, g_old = [theta0], theta0, None, None
+    for _ in range(n):
+        g = A @ theta - b
+        m = g if m is None else g + (g.dot(g) / g_old.dot(g_old)) * m
+        theta = theta - (g.dot(g) / m.dot(A @ m)) * m; g_old = g; cg.append(theta)
+    cg = torch.stack(cg)
+    scale = torch.linalg.solve(A, b).norm()
+    for s, r in ((False, None), (True, None), (True, 1), (False, 1)):
+        assert ((lbfgs(s, r) - cg).norm(dim=1).max() / scale) < 1e-8, (s, r)
