@@ -43,6 +43,7 @@ def _as_float(value) -> float:
 
 _YAML_HINT = ("; a string here usually comes from a config file: YAML 1.1 (PyYAML) reads `lr: 1e-3` as the string "
               "'1e-3', so write 1.0e-3 there, or convert with float()")
+_YAML_FLAG_HINT = "; a string here usually comes from a config file: write true or false unquoted, which YAML reads as a bool"
 
 def _is_real_number(value) -> bool:
     "An int or a float (NumPy's real scalars too), not a bool."
@@ -50,8 +51,8 @@ def _is_real_number(value) -> bool:
 
 def _type_error(name: str, value, what: str = "a real number") -> TypeError:
     "The `TypeError` for `value` of the wrong type, naming `name` and `value` (with the YAML hint for a string)."
-    return TypeError(f"Invalid {name}: {value!r} is a {type(value).__name__}, not {what}"
-                     + (_YAML_HINT if isinstance(value, (str, bytes)) else ""))
+    hint = "" if not isinstance(value, (str, bytes)) else _YAML_FLAG_HINT if what == "a bool" else _YAML_HINT
+    return TypeError(f"Invalid {name}: {value!r} is a {type(value).__name__}, not {what}{hint}")
 
 def _check_real_type(name: str, value) -> None:
     "Raise unless `value` is a real number (not a bool) or a one-element floating-point tensor; reads no tensor's value."
@@ -217,16 +218,21 @@ def _plain(x):
     return int(x) if isinstance(x, numbers.Integral) else float(x)
 
 def _real_defaults(init) -> dict:
-    "The arguments of `init` whose default is a real number (name -> None) or a tuple of n real numbers (name -> n)."
+    "The arguments of `init` whose default is a real number (name -> None), a tuple of n real numbers (name -> n) or a bool (name -> bool)."
     out = {}
     for name, prm in inspect.signature(init).parameters.items():
         d = prm.default
-        if _is_real_number(d): out[name] = None
+        if isinstance(d, bool): out[name] = bool
+        elif _is_real_number(d): out[name] = None
         elif isinstance(d, tuple) and d and all(map(_is_real_number, d)): out[name] = len(d)
     return out
 
 def _check_hyper(name: str, value, arity, length: bool = False):
-    "`value` type-checked as a real hyperparameter (`arity` None) or a tuple of `arity` of them, NumPy scalars made plain."
+    "`value` type-checked as a real hyperparameter (`arity` None), a tuple of `arity` of them, or a flag (`arity` bool); NumPy scalars made plain."
+    if arity is bool:                                         # a flag: the string "false" would be truthy
+        if isinstance(value, bool): return value
+        if type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"): return bool(value)
+        raise _type_error(name, value, "a bool")
     if arity is None:
         _check_real_type(name, value)
         return _plain(value)
@@ -237,7 +243,7 @@ def _check_hyper(name: str, value, arity, length: bool = False):
     return value if all(a is b for a, b in zip(plain, value)) else type(value)(plain) if type(value) in (tuple, list) else tuple(plain)
 
 def _checked_init(init):
-    "`init` preceded by the type check of every argument whose default is a real number, or a tuple of them (see `Optimizer`)."
+    "`init` preceded by the type check of every argument whose default is a real number, a tuple of them, or a bool (see `Optimizer`)."
     reals = _real_defaults(init)
     sig = inspect.signature(init)
     @functools.wraps(init)
@@ -247,7 +253,7 @@ def _checked_init(init):
         for name, arity in reals.items():
             if name in bound.arguments: bound.arguments[name] = _check_hyper(name, bound.arguments[name], arity)
         init(*bound.args, **bound.kwargs)
-    __init__._real_hyperparameters = reals
+    __init__._checked_arguments = reals
     return __init__
 
 def _kind(dtype: torch.dtype) -> str:
@@ -264,10 +270,10 @@ class Optimizer(torch.optim.Optimizer):
     What every subclass gets without a line of its own:
     - Types. Each `__init__` argument whose default is a real number, or a tuple of real numbers (`betas`), must be an int
       or a float (NumPy's real scalars are stored as Python numbers), not a bool or a string, or a one-element
-      floating-point tensor; anything else is a `TypeError` naming it and its value, at construction, in
-      `add_param_group`, and at the next `step()` if a group's value is replaced later. The subclass checks the values
-      (`check_nonneg`, `check_range`, ...). A tuple may mix floats and tensors (torch refuses such betas; the rules
-      here take each entry as a number).
+      floating-point tensor; one whose default is a bool must be a bool (the string "false" is truthy). Anything else is a
+      `TypeError` naming it and its value, at construction, in `add_param_group`, and at the next `step()` if a group's
+      value is replaced later (`check_group`). The subclass checks the values (`check_nonneg`, `check_range`, ...).
+      A tuple may mix floats and tensors (torch refuses such betas; the rules here take each entry as a number).
     - Strict loading: `load_state_dict` checks the whole state_dict against this optimizer before it writes anything.
     - Non-finite gradients are not filtered, as in torch.optim: a NaN or ±inf entry of a gradient makes its parameter
       non-finite at that step, never only the state (rules take signs with `nan_sign`, since `torch.sign(nan)` is 0).
@@ -279,15 +285,15 @@ class Optimizer(torch.optim.Optimizer):
     per_matrix: bool = False         # the rule needs whole tensors: never batched; DTensor shards are gathered first
     matrices_only: bool = False      # refuse parameters with fewer than 2 dimensions
     supports_complex: bool = True    # complex parameters are updated as real pairs; False refuses them
-    _real_hyperparameters: dict = {} # made from the signature of __init__: name -> None, or the length of a tuple
+    _checked_arguments: dict = {} # made from the signature of __init__: name -> None, the length of a tuple, or bool
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.__doc__ and "{state_table}" in cls.__doc__:
             cls.__doc__ = cls.__doc__.replace("{state_table}", cls.state_table())
         init = cls.__dict__.get("__init__")
-        if init is not None and not hasattr(init, "_real_hyperparameters"): cls.__init__ = init = _checked_init(init)
-        cls._real_hyperparameters = getattr(cls.__init__, "_real_hyperparameters", cls._real_hyperparameters)
+        if init is not None and not hasattr(init, "_checked_arguments"): cls.__init__ = init = _checked_init(init)
+        cls._checked_arguments = getattr(cls.__init__, "_checked_arguments", cls._checked_arguments)
 
     @classmethod
     def state_table(cls) -> str:
@@ -329,15 +335,15 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"{name}: parameter {i} appears twice in the same parameter group")
             seen.add(id(p))
         group = {**param_group, "params": params}            # the list we read, not the spent generator
-        for key, arity in self._real_hyperparameters.items():
+        for key, arity in self._checked_arguments.items():
             if key in group: group[key] = _check_hyper(key, group[key], arity, length=True)
         super().add_param_group(group)
 
     def check_group(self, group: dict) -> None:
         "The type check of `group`'s real hyperparameters, at each step (reads no tensor): a string written in later is refused; an optimizer with its own `step` calls it too."
-        for key, arity in self._real_hyperparameters.items():
+        for key, arity in self._checked_arguments.items():
             v = group.get(key)
-            if type(v) in _PLAIN or key not in group: continue            # the usual case, at once
+            if type(v) in _PLAIN or type(v) is bool or key not in group: continue   # the usual cases, at once
             if type(v) is tuple and all(type(x) in _PLAIN for x in v): continue
             _check_hyper(key, v, arity)
 
@@ -426,12 +432,12 @@ class Optimizer(torch.optim.Optimizer):
         for gi, (sg, g) in enumerate(zip(saved, self.param_groups)):
             if len(sg["params"]) != len(g["params"]):
                 refuse(f"its parameter group {gi} has {len(sg['params'])} parameters, this optimizer's {len(g['params'])}")
-            missing = [k for k in self._real_hyperparameters if k in self.defaults and k not in sg]
+            missing = [k for k, a in self._checked_arguments.items() if a is not bool and k in self.defaults and k not in sg]
             if missing:
                 refuse(f"its parameter group {gi} lacks {name}'s hyperparameters {missing} (it has "
                        f"{sorted(k for k in sg if k != 'params')}): was it saved by another optimizer?")
             group = {**self.defaults, **sg, "params": g["params"]}
-            for key, arity in self._real_hyperparameters.items():
+            for key, arity in self._checked_arguments.items():
                 try:
                     if key in group: _check_hyper(key, group[key], arity, length=True)
                 except (TypeError, ValueError) as err:

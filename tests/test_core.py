@@ -437,7 +437,7 @@ def test_every_real_argument_is_type_checked_by_the_core_alone():
             super().__init__(params, lr=lr, foreach=foreach)
             self.defaults["betas"] = betas
     w = torch.zeros(2)
-    assert Lax._real_hyperparameters == {"lr": None, "betas": 2}
+    assert Lax._checked_arguments == {"lr": None, "betas": 2}
     for kw, words in [(dict(lr="0.1"), ["lr", "'0.1'", "YAML"]), (dict(betas=("0.5", 0.5)), ["betas[0]", "'0.5'"]),
                       (dict(betas=0.5), ["betas", "tuple of 2"]), (dict(lr=[0.1]), ["lr", "list"])]:
         with pytest.raises(TypeError) as err: Lax([w], **kw)
@@ -542,3 +542,15 @@ def test_signsgd_makes_a_nan_gradient_visible(foreach):
     p = torch.zeros(4, dtype=DT); p.grad = torch.tensor([1.0, float("nan"), -1.0, float("inf")], dtype=DT)
     SignSGD([p], lr=0.1, momentum=0.9, foreach=foreach).step()
     assert p[0] == -0.1 and p[2] == 0.1 and p[1].isnan() and p[3].isnan()
+
+
+def test_flags_must_be_bools():
+    "A bool-default argument refuses the truthy string 'false' (at construction, in a group, at step); NumPy's bool is a bool."
+    np = pytest.importorskip("numpy")
+    w = torch.zeros(2)
+    with pytest.raises(TypeError, match=r"maximize: 'false' is a str, not a bool.*unquoted"): SignSGD([w], maximize="false")
+    with pytest.raises(TypeError, match="maximize"): SignSGD([{"params": [w], "maximize": 0}])
+    opt = SignSGD([w], maximize=np.bool_(True))
+    assert opt.param_groups[0]["maximize"] is True
+    opt.param_groups[0]["maximize"] = "no"; w.grad = torch.ones(2)
+    with pytest.raises(TypeError, match="maximize"): opt.step()
