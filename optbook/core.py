@@ -446,11 +446,13 @@ class Optimizer(torch.optim.Optimizer):
         for k, s in state_dict["state"].items():
             if k not in where: refuse(f"it holds state for parameter {k!r}, which none of its parameter groups lists")
             if not isinstance(s, dict): refuse(f"the state of parameter {k!r} is a {type(s).__name__}, not a dict")
-            if not s: continue                                     # no state: the next step creates it
+            # a declared key holding None counts as absent (torch < 2.2 keeps SGD's momentum_buffer: None without momentum)
+            present = {key for key, v in s.items() if v is not None or key not in declared}
+            if not present: continue                               # no state: the next step creates it
             p, group = where[k]
             expected = {} if owns_state else self.expected_state(p, group)
             allowed = declared if owns_state else set(expected)
-            unknown, missing = sorted(set(s) - allowed, key=str), sorted(set(expected) - set(s))
+            unknown, missing = sorted(present - allowed, key=str), sorted(set(expected) - set(s))
             if unknown:
                 refuse(f"the saved state of parameter {k!r} has {unknown}, which {name} does not keep under its group's "
                        f"settings (it keeps {sorted(allowed)}): was it saved by another optimizer, or with other settings?")

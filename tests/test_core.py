@@ -554,3 +554,16 @@ def test_flags_must_be_bools():
     assert opt.param_groups[0]["maximize"] is True
     opt.param_groups[0]["maximize"] = "no"; w.grad = torch.ones(2)
     with pytest.raises(TypeError, match="maximize"): opt.step()
+
+
+def test_a_none_entry_that_the_settings_do_not_create_counts_as_absent():
+    "torch < 2.2 saves SGD's `momentum_buffer: None` even without momentum: such a state_dict still loads."
+    from optbook import SGD
+    p = torch.ones(3, dtype=DT)
+    sd = {"state": {0: {"momentum_buffer": None}},
+          "param_groups": [dict(SGD([torch.ones(1)], lr=0.1).param_groups[0], params=[0])]}
+    opt = SGD([p], lr=0.1); opt.load_state_dict(sd)
+    p.grad = torch.ones(3, dtype=DT); opt.step()
+    assert torch.equal(p, torch.full((3,), 0.9, dtype=DT))
+    sd["state"][0]["momentum_buffer"] = torch.zeros(3, dtype=DT)       # a real buffer is not SGD's without momentum
+    with pytest.raises(ValueError, match="momentum_buffer"): SGD([p], lr=0.1).load_state_dict(sd)
