@@ -567,3 +567,33 @@ def test_a_none_entry_that_the_settings_do_not_create_counts_as_absent():
     assert torch.equal(p, torch.full((3,), 0.9, dtype=DT))
     sd["state"][0]["momentum_buffer"] = torch.zeros(3, dtype=DT)       # a real buffer is not SGD's without momentum
     with pytest.raises(ValueError, match="momentum_buffer"): SGD([p], lr=0.1).load_state_dict(sd)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_strict_loading_and_nan_sign_on_cuda():
+    "On a real GPU: strict loading of CUDA state (into CUDA and CPU models), its refusal, and nan_sign eager, foreach, compiled."
+    from optbook import Adam
+    def trained(shapes, device):
+        ps = [torch.ones(s, device=device) for s in shapes]
+        opt = Adam(ps, lr=0.1)
+        for _ in range(2):
+            for p in ps: p.grad = torch.ones_like(p)
+            opt.step()
+        return opt
+    sd = trained([(4, 3), (5,)], "cuda").state_dict()
+    for device in ("cuda", "cpu"):
+        opt = Adam([torch.ones(4, 3, device=device), torch.ones(5, device=device)], lr=0.1); opt.load_state_dict(sd)
+        assert all(s["exp_avg"].device.type == device for s in opt.state.values())
+    opt = Adam([torch.ones(3, 4, device="cuda"), torch.ones(5, device="cuda")], lr=0.1)
+    with pytest.raises(ValueError, match=r"parameter 0 has shape \(3, 4\)"): opt.load_state_dict(sd)
+    assert not opt.state
+    x = torch.tensor([2.0, -3.0, 0.0, float("nan"), float("inf")], device="cuda")
+    want = torch.tensor([1.0, -1.0, 0.0, float("nan"), float("nan")], device="cuda")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for got in (core.nan_sign(x), core.nan_sign(TensorList([x]))[0], torch.compile(core.nan_sign, fullgraph=True)(x)):
+            torch.testing.assert_close(got, want, equal_nan=True, rtol=0, atol=0)
+    p = torch.zeros(4, device="cuda"); p.grad = torch.tensor([1.0, float("nan"), -1.0, 2.0], device="cuda")
+    SignSGD([p], lr=0.1, momentum=0.9).step()                          # foreach by default on CUDA
+    assert p[1].isnan() and p[0].item() == pytest.approx(-0.1)
