@@ -550,7 +550,7 @@ def _local_part(full: Tensor, shard) -> Tensor:
 # %% ../nbs/90_core.ipynb #sgn00002
 def nan_sign(x: Tensor | TensorList) -> Tensor | TensorList:
     "sign(x), except NaN where x is NaN or ±inf: a non-finite gradient stays visible in the parameters it moves (`torch.sign(nan)` is 0)."
-    return x.sign().add_(x, alpha=0)               # 0·x is 0 where x is finite, NaN where it is not
+    return torch.where(x.isfinite(), x.sign(), torch.nan)   # explicit: a compiler may fold an algebraic trick (sign + 0·x)
 
 def sign_update(
     p: Tensor | TensorList,          # θ: the parameters, updated in place
