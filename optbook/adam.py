@@ -296,8 +296,7 @@ class NAdam(Optimizer):
     r"""NAdam, Adam with a Nesterov look-ahead in the first moment; a drop-in `torch.optim.NAdam`.
 
     When to use it: where Adam works and Nesterov's look-ahead is wanted; it costs one scalar of state per
-    parameter more than Adam. Tune η for it: on the book's digits problem (chapter 4) it was no better than Adam
-    and its usable range of η was the narrowest of the Adam family. Its default η is 2e-3. With `decoupled_weight_decay=True` it is "NAdamW".
+    parameter more than Adam. Tune η for it: on the book's digits problem (chapter 4) it was no better than tuned Adam. Its default η is 2e-3. With `decoupled_weight_decay=True` it is "NAdamW".
 
     {state_table}
 
