@@ -206,7 +206,7 @@ class Adamax(Optimizer):
     r"""Adamax, Adam with the infinity norm in place of the second moment; a drop-in `torch.optim.Adamax`.
 
     When to use it: rarely as a first choice; it is Adam's $p\to\infty$ member, and it needs no bias correction of
-    $u$. Its step per coordinate does not grow with the size of the gradients, but it is not bounded by η: at step
+    $u$. Its step per coordinate is bounded whatever the size of the gradients, but not by η: at step
     $t$ it is at most $B_t = \eta\sum_{j<t}(\beta_1/\beta_2)^j / \sum_{j<t}\beta_1^j$ (attained by same-sign gradients
     shrinking by $\beta_2$ per step), which grows from η at $t = 1$ to $\eta(1-\beta_1)\beta_2/(\beta_2-\beta_1)$ when
     $\beta_1 < \beta_2$ (1.009η at the defaults, 3η at betas (0.4, 0.5)), and without bound when $\beta_1 \ge \beta_2$. It has been reported to work
