@@ -63,7 +63,7 @@ def test_ran_in_the_colab_kernel(doc):
 
 
 # The chapters that need a package Colab does not preinstall, and what they install (import names of NOT_ON_COLAB).
-INSTALLS = {"nbs/10_search": ("optuna",)}
+INSTALLS = {"nbs/06_sign": ("lion_pytorch",), "nbs/10_search": ("optuna",)}
 
 
 @pytest.mark.book
