@@ -110,8 +110,10 @@ nbtest: venv
 pytest: venv
 	$(BIN)/pytest -q tests
 
-bench: venv
-	$(PY) tests/bench_sgd.py
+# The benchmark of the book's performance appendix (not a test): BENCH_OPTS="--quick" or "--device cuda", ...
+BENCH_OPTS ?=
+bench: venv export
+	$(PY) tests/bench.py $(BENCH_OPTS)
 
 clean:
 	rm -rf _build

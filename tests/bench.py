@@ -1,0 +1,120 @@
+"""`make bench`: the step time of every elementwise optimizer, optbook's paths against its peers', on one device.
+
+Not a pytest file (timings are not tests). One process; all implementations of one optimizer are built at once and
+timed in interleaved rounds (a shuffled order each round, so a drift in the machine's load favours none); the time
+is the median over rounds of each round's median. Compilation (optbook's fused kernels, `torch.compile` of
+torch.optim's step) is paid in the untimed warm-up steps and reported apart. The roofline of an optimizer is the
+bytes a single-pass step must move per parameter (read θ, g and each state tensor, write θ and each state tensor)
+divided by the in-place bandwidth measured in the same run (`a.add_(b)`, 12 bytes per element). State bytes per
+parameter are measured from each optimizer's state and set against the algorithm's minimum.
+
+The machinery is `optbook.fused.run_bench` (the book's appendix, nbs/94_perf.ipynb, runs a small version of it when
+there is no CSV). Writes <out>/bench.csv and <out>/bench.png (default _build/bench/), which the appendix reads.
+
+  python tests/bench.py                       # CPU, 20M parameters in 50 tensors, every optimizer (several minutes)
+  python tests/bench.py --quick               # 2M parameters, 2 rounds (about a minute)
+  python tests/bench.py --device cuda --quick # on a GPU
+  python tests/bench.py --heavyball-shape --optimizers AdamW   # 32 tensors of 2048x2048, heavyball's published shape
+"""
+import argparse, os, statistics, sys, time
+
+import torch
+
+from optbook import fused as F
+
+
+def newton_schulz_rows(device, repeats=3):
+    "Muon's Newton–Schulz in bf16: time, and the orthogonality error ‖OᵀO − I‖/√n and distance to UVᵀ from torch.linalg.svd."
+    from optbook.muon import newton_schulz
+    rows = []
+    for m, n in ((1024, 1024), (4096, 1024)):
+        G = torch.randn(m, n, device=device)
+        ts = []
+        for _ in range(repeats + 1):
+            F._sync(device); t0 = time.perf_counter(); O = newton_schulz(G.bfloat16()); F._sync(device)
+            ts.append(time.perf_counter() - t0)
+        F._sync(device); t0 = time.perf_counter(); U, S, Vh = torch.linalg.svd(G, full_matrices=False); F._sync(device)
+        svd_ms = 1e3 * (time.perf_counter() - t0)
+        O, k = O.float(), min(m, n)
+        OtO = O.T @ O if m >= n else O @ O.T
+        orth = (torch.linalg.matrix_norm(OtO - torch.eye(k, device=device)) / k ** 0.5).item()
+        dist = (torch.linalg.matrix_norm(O - U @ Vh) / k ** 0.5).item()
+        rows.append(dict(shape=f"{m}x{n}", ns_ms=round(1e3 * statistics.median(ts[1:]), 3), svd_ms=round(svd_ms, 3),
+                         orth_err=round(orth, 4), dist_to_polar=round(dist, 4)))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--params", type=float, default=20e6, help="total number of parameters (default 20M)")
+    ap.add_argument("--tensors", type=int, default=50, help="number of parameter tensors, of distinct sizes")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per implementation and round")
+    ap.add_argument("--warm", type=int, default=3, help="untimed steps first (state creation, compilation)")
+    ap.add_argument("--optimizers", default=",".join(F.BENCH_SPECS), help="comma-separated names")
+    ap.add_argument("--only", default="", help="comma-separated substrings: keep implementations whose name has one")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of torch.optim's step (its warm-up is long)")
+    ap.add_argument("--quick", action="store_true", help="2 rounds; on the CPU at most 2M parameters and 3 repeats, on CUDA 10 repeats")
+    ap.add_argument("--heavyball-shape", action="store_true", help="32 tensors of 2048x2048 (heavyball's published shape)")
+    ap.add_argument("--no-muon", action="store_true", help="skip Muon's Newton-Schulz against torch.linalg.svd")
+    ap.add_argument("--out", default="_build/bench", help="folder of bench.csv and bench.png")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    if args.quick:   # on a GPU 20M parameters take well under a millisecond a step: keep the size, time more steps
+        args.rounds, args.repeats = 2, (10 if device.type == "cuda" else 3)
+        if device.type == "cpu": args.params = min(args.params, 2e6)
+    if args.heavyball_shape: args.params, args.tensors = 32 * 2048 * 2048, 32
+    if device.type == "cuda" and not torch.cuda.is_available(): sys.exit("bench: --device cuda, but there is no CUDA device")
+    peers = []
+    try:
+        import lion_pytorch  # noqa: F401
+        peers.append("lion-pytorch")
+    except ImportError: print("bench: lion-pytorch is not installed; Lion is compared with torch-free paths only")
+    for missing in ("pytorch_optimizer", "heavyball"):
+        try: __import__(missing)
+        except ImportError: print(f"bench: {missing} is not installed; not compared")
+    names = [n for n in args.optimizers.split(",") if n]
+    n = int(args.params)
+    print(f"bench: {n / 1e6:.1f}M fp32 parameters in {args.tensors} tensors on {device}, {args.rounds} rounds "
+          f"of {args.repeats} steps", flush=True)
+    t0 = time.perf_counter()
+    rows = F.run_bench(names, n, args.tensors, device, rounds=args.rounds, repeats=args.repeats, warm=args.warm,
+                       compile_torch=not args.no_compile, peers=tuple(peers),
+                       only=tuple(s for s in args.only.split(",") if s), log=lambda s: print("  " + s, flush=True))
+    r0 = rows[0]
+    print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {r0['bandwidth_gbs']} GB/s; ran {time.perf_counter() - t0:.0f} s")
+    print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13}"
+          + (f" {'peak MiB':>8}" if device.type == "cuda" else ""))
+    for name in names:
+        mine = [r for r in rows if r["optimizer"] == name]
+        for r in mine:
+            print(f"{name:9} {r['impl']:20} {r['ms']:8.2f} {r['spread_ms']:7.2f} {r['ratio_roofline']:6.2f} {r['warmup_s']:9.2f} "
+                  f"{r['state_bytes']:8.1f} ({r['min_state_bytes']})" + (f" {r['peak_mib']:8.1f}" if device.type == "cuda" else ""))
+        fused = next((r for r in mine if r["impl"] == "optbook fused"), None)
+        peers_rows = [r for r in mine if not r["impl"].startswith("optbook")]
+        if fused and peers_rows:
+            best = min(peers_rows, key=lambda r: r["ms"])
+            print(f"{'':9} optbook fused / fastest peer ({best['impl']}): {fused['ms'] / best['ms']:.2f}; "
+                  f"roofline {fused['roofline_ms']:.2f} ms ({r0['bandwidth_gbs']} GB/s x {fused['bytes_per_param']} B/param)")
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "bench.csv")
+    F.write_csv(rows, path)
+    print(f"\nwrote {path}")
+    if not args.no_muon:
+        ns = newton_schulz_rows(device)
+        F.write_csv(ns, os.path.join(args.out, "muon.csv"))
+        for r in ns:
+            print(f"Muon Newton-Schulz (bf16) {r['shape']}: {r['ns_ms']:.2f} ms against svd {r['svd_ms']:.1f} ms; "
+                  f"||O^T O - I||/sqrt(n) = {r['orth_err']:.3f}, ||O - UV^T||/sqrt(n) = {r['dist_to_polar']:.3f}")
+    try:
+        import matplotlib; matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        ax = F.plot_bench(rows, title=f"{r0['device']}: {r0['machine']}, {r0['when']}")
+        ax.figure.tight_layout(); ax.figure.savefig(os.path.join(args.out, "bench.png"), dpi=120); plt.close(ax.figure)
+        print(f"wrote {os.path.join(args.out, 'bench.png')}")
+    except ImportError as err: print(f"no plot ({err})")
+
+
+if __name__ == "__main__":
+    main()

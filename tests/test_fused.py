@@ -1,0 +1,193 @@
+"""optbook.fused (appendix 94_perf): the fused path made from each chapter's one rule.
+
+- equal to the reference (for-loop) path for all 11 elementwise optimizers: float64 tight (a formula wrong by 1e-9 fails),
+  float32 for a few, under a changing learning rate, with parameters of distinct shapes (a 0-dim one included);
+- compilations counted with a counting backend: one over 100 steps whose lr, betas and weight decay follow schedules;
+  two for a model of 50 distinct shapes (a batch of 16 and the remainder), none for another 50 shapes;
+- torch.amp.GradScaler: a step with an inf gradient is skipped and leaves parameters and state untouched;
+- bfloat16 parameters; FakeTensorMode "cuda" (the state follows the device; traced with the aot_eager backend);
+- on a real GPU (skipped without one): equal to the reference there;
+- optimizers whose update is not elementwise (Muon, Shampoo, L-BFGS) are refused.
+"""
+import math
+import warnings
+
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounterWithBackend
+
+import optbook
+from optbook import fused
+
+pytestmark = pytest.mark.filterwarnings("error")
+F64 = torch.float64
+SHAPES = [(3, 4), (5,), (2, 3, 4), (), (1, 9), (1,)]   # 0-dim and 1-element: the for-loop path
+
+# every elementwise optimizer, with the options that switch on most of its terms
+SETTINGS = {
+    "SGD": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+    "SignSGD": dict(lr=1e-2, momentum=0.9, weight_decay=0.1),
+    "Adagrad": dict(lr=0.1, lr_decay=0.1, weight_decay=0.1),
+    "RMSprop": dict(lr=1e-2, momentum=0.9, centered=True, weight_decay=0.1),
+    "Adadelta": dict(lr=1.0, weight_decay=0.1),
+    "Adam": dict(lr=1e-2, weight_decay=0.1, amsgrad=True),
+    "AdamW": dict(lr=1e-2, weight_decay=0.1),
+    "Adamax": dict(lr=1e-2, weight_decay=0.1),
+    "NAdam": dict(lr=1e-2, weight_decay=0.1),
+    "Rprop": dict(lr=1e-2),
+    "Lion": dict(lr=1e-2, weight_decay=0.1),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _quiet_inductor():
+    with warnings.catch_warnings():   # Inductor imports torch.utils.mkldnn, whose class body warns of a torch.jit deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import torch.utils.mkldnn  # noqa: F401
+    yield
+
+
+def params(shapes=SHAPES, dtype=F64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=gen, dtype=dtype).to(device) for s in shapes]
+
+
+def run_pair(cls, kw, steps=6, dtype=F64, device="cpu", shapes=SHAPES, hyper=None, eta_factor=1.0):
+    "(fused parameters, reference parameters) after `steps` steps with the same gradients and a cosine learning rate."
+    a = params(shapes, dtype, device); b = [p.clone() for p in a]
+    fo, ro = cls(a, **kw), cls(b, **kw)
+    gen = torch.Generator().manual_seed(1)
+    for k in range(steps):
+        for p, q in zip(a, b):
+            p.grad = torch.randn(p.shape, generator=gen, dtype=dtype).to(device); q.grad = p.grad.clone()
+        lr = kw["lr"] * 0.5 * (1 + math.cos(math.pi * k / steps))
+        fo.param_groups[0]["lr"] = lr * eta_factor; ro.param_groups[0]["lr"] = lr
+        fused.step(fo); ro.step()
+    return a, b, fo, ro
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_fused_equals_reference_float64(name):
+    a, b, fo, ro = run_pair(getattr(optbook, name), SETTINGS[name])
+    for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
+    for p, q in zip(a, b):                         # the state too, key by key (torch's keys)
+        for k, v in ro.state[q].items():
+            torch.testing.assert_close(torch.as_tensor(fo.state[p][k]), torch.as_tensor(v), rtol=1e-12, atol=1e-15)
+
+
+def test_the_tolerance_bites():
+    "A learning rate wrong by one part in 1e9 on the fused side fails the float64 comparison above."
+    a, b, *_ = run_pair(optbook.Adam, SETTINGS["Adam"], eta_factor=1 + 1e-9)
+    with pytest.raises(AssertionError):
+        for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "Rprop", "Lion"])
+def test_fused_equals_reference_float32(name):
+    a, b, *_ = run_pair(getattr(optbook, name), SETTINGS[name], dtype=torch.float32)
+    for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_no_recompiles_over_100_scheduled_steps():
+    "lr (warm-up then cosine), betas and weight decay change at every step: one compilation in all."
+    cnt = CompileCounterWithBackend("inductor")
+    fused.reset(backend=cnt)
+    try:
+        ps = params(dtype=torch.float32)
+        opt = optbook.AdamW(ps, lr=1e-3, weight_decay=0.1)
+        for k in range(100):
+            for p in ps: p.grad = torch.randn_like(p)
+            g = opt.param_groups[0]
+            g["lr"] = 1e-3 * min(1.0, (k + 1) / 10) * 0.5 * (1 + math.cos(math.pi * k / 100))
+            g["betas"] = (0.9 - 0.001 * k, 0.999 - 1e-4 * k)
+            g["weight_decay"] = 0.1 + 0.001 * k
+            fused.step(opt)
+        assert cnt.frame_count == 1, f"{cnt.frame_count} compilations over 100 scheduled steps"
+        assert fused.warmup["AdamW"] > 0
+    finally: fused.reset(backend="inductor")
+
+
+def test_compilations_do_not_grow_with_shapes():
+    "50 distinct shapes: a batch of 16 and one of 2, so two compilations; another 50 shapes compile nothing."
+    cnt = CompileCounterWithBackend("inductor")
+    fused.reset(backend=cnt)
+    try:
+        for seed, base in ((0, 10), (1, 200)):
+            shapes = [(base + 3 * i, 1 + i % 3) for i in range(50)]
+            ps = params(shapes, torch.float32, seed=seed)
+            opt = optbook.Adam(ps, lr=1e-3)
+            for _ in range(3):
+                for p in ps: p.grad = torch.randn_like(p)
+                fused.step(opt)
+            assert cnt.frame_count == 2, f"{cnt.frame_count} compilations after a model of 50 shapes (seed {seed})"
+    finally: fused.reset(backend="inductor")
+
+
+def test_grad_scaler_skips_inf_steps_and_leaves_state_untouched():
+    ps = params(dtype=torch.float32); ref = [p.clone() for p in ps]
+    opt, ropt = optbook.Adam(ps, lr=1e-2), optbook.Adam(ref, lr=1e-2)
+    scaler, rscaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8), torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    class Fused:          # the scaler calls .step(); the fused path is optbook.fused.step
+        def __init__(self, opt): self.opt = opt; self.param_groups = opt.param_groups; self.state = opt.state
+        def step(self, *a, **k): return fused.step(self.opt)
+        def __getattr__(self, name): return getattr(self.opt, name)
+    gen = torch.Generator().manual_seed(2)
+    for k in range(5):
+        for p, q in zip(ps, ref):
+            g = torch.randn(p.shape, generator=gen) * 2.0 ** 8
+            if k == 3: g.view(-1)[0] = float("inf")
+            p.grad = g; q.grad = g.clone()
+        before = ([p.clone() for p in ps], {id(p): {kk: torch.as_tensor(v).clone() for kk, v in opt.state[p].items()} for p in ps})
+        scaler.step(Fused(opt)); scaler.update()
+        rscaler.step(ropt); rscaler.update()
+        if k == 3:
+            assert all(torch.equal(p, b) for p, b in zip(ps, before[0])), "an inf step moved the parameters"
+            for p in ps:
+                for kk, v in opt.state[p].items(): assert torch.equal(torch.as_tensor(v), before[1][id(p)][kk]), kk
+    assert scaler.get_scale() == rscaler.get_scale() < 2.0 ** 8
+    for p, q in zip(ps, ref): torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16():
+    "bf16 parameters: the fused step rounds once per step, the reference per operation; both near a float32 run."
+    a, b, *_ = run_pair(optbook.Adam, dict(lr=1e-2), dtype=torch.bfloat16)
+    c = params(dtype=torch.float32); o = optbook.Adam(c, lr=1e-2)
+    gen = torch.Generator().manual_seed(1)
+    for k in range(6):
+        for p in c: p.grad = torch.randn(p.shape, generator=gen, dtype=torch.bfloat16).float()
+        o.param_groups[0]["lr"] = 1e-2 * 0.5 * (1 + math.cos(math.pi * k / 6)); o.step()
+    for p, q, r in zip(a, b, c):
+        assert p.dtype == torch.bfloat16
+        torch.testing.assert_close(p.float(), r, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(p, q, rtol=2e-2, atol=2e-2)
+
+
+def test_fake_cuda():
+    "Under FakeTensorMode with 'cuda' tensors (no GPU needed): the fused step traces, and the state follows the device."
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    fused.reset(backend="aot_eager")
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            ps = [torch.empty(s, device="cuda") for s in [(3, 4), (5,), (7,)]]
+            opt = optbook.Adam(ps, lr=1e-3, weight_decay=0.1)
+            for _ in range(2):
+                for p in ps: p.grad = torch.empty_like(p)
+                fused.step(opt)
+            for p in ps:
+                assert opt.state[p]["exp_avg"].device.type == "cuda" and opt.state[p]["step"].device.type == "cpu"
+    finally: fused.reset(backend="inductor")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_fused_equals_reference_cuda(name):
+    a, b, *_ = run_pair(getattr(optbook, name), SETTINGS[name], device="cuda")
+    for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    a, b, *_ = run_pair(getattr(optbook, name), SETTINGS[name], dtype=torch.float32, device="cuda")
+    for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_not_elementwise_is_refused():
+    for opt in (optbook.Muon([torch.zeros(3, 3)]), optbook.LBFGS([torch.zeros(3)])):
+        assert not fused.fusable(opt)
+        with pytest.raises(ValueError, match="no fused path"): fused.step(opt)
