@@ -895,6 +895,7 @@ HIDES_NONFINITE = {   # known gaps: the owner's one-line fix turns these into XP
              "(fix: optbook.core.nan_sign(g) for g.sign() in rprop_update)",
     "Lion": "θ − η·sign(c) with torch.sign(nan) = 0: the NaN stays in m only (fix: optbook.core.nan_sign(c) in lion_update)",
     "Shampoo": "torch.linalg.eigh raises LinAlgError on a statistic holding NaN or inf, after P and Q took it in",
+    "SOAP": "torch.linalg.eigh raises LinAlgError on a statistic holding NaN or inf (as Shampoo)",
 }
 
 
