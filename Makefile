@@ -18,12 +18,16 @@ TORCH   ?= torch==2.13.0
 # Node/npm to fetch MathJax from the npm registry, and the PostgreSQL server that the test of Optuna's
 # shared storage starts (chapter 10; it runs the server as the package's `postgres` user, never as root).
 DEB_PKGS := fonts-noto-cjk chromium chromium-driver postgresql
+# The PDF edition only (`make pdf`, not `make test`): XeLaTeX with ctex/xeCJK and the LaTeX packages Sphinx's LaTeX
+# writer uses, latexmk, the Latin, monospace and fallback fonts, and pdftotext for tests/test_pdf.py.
+DEB_PDF := texlive-xetex texlive-lang-chinese texlive-latex-extra texlive-fonts-recommended texlive-plain-generic \
+           latexmk lmodern fonts-freefont-otf fonts-dejavu-core fonts-noto-cjk poppler-utils
 MATHJAX := _mathjax/tex-chtml.js
 BOOK_OPTS := -W -n --keep-going
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test unit booktest export colab-wheel check-export nbtest pytest bench debs venv mathjax clean
+.PHONY: book test unit booktest export colab-wheel check-export nbtest pytest bench debs venv mathjax clean pdf
 
 # BOOK_ALL=--all re-reads (so re-executes) every page; plain `make book` rebuilds the changed pages only.
 BOOK_ALL ?=
@@ -52,6 +56,21 @@ unit: venv export
 # The tests of the built book (pages in headless Chromium, the Colab-style run records, execution times).
 booktest: venv
 	$(BIN)/pytest -q -m book tests
+
+# The whole book as one PDF (_build/pdf/optbook.pdf, also served as _build/html/_static/optbook.pdf), built with Jupyter
+# Book's LaTeX builder and xelatex from the notebooks the last `make book` executed (_ext/optbook_pdf.py: execution off,
+# so nothing runs twice; run `make book` first, or this target does), then checked by tests/test_pdf.py.
+pdf: venv
+	@$(MAKE) --no-print-directory debs DEB_PKGS="$(DEB_PDF)"
+	@test -d _build/jupyter_execute/nbs || $(MAKE) --no-print-directory book
+	@start=$$(date +%s); \
+	$(PY) _ext/optbook_pdf.py prepare >/dev/null; \
+	$(BIN)/jupyter-book build _build/pdfsrc --builder pdflatex >_build/pdf.log 2>&1 || { tail -40 _build/pdf.log; \
+	  grep -A5 '^!' _build/pdfsrc/_build/latex/optbook.log | head -40 || true; echo "make pdf: the build failed (_build/pdf.log)"; exit 1; }; \
+	mkdir -p _build/pdf && cp _build/pdfsrc/_build/latex/optbook.pdf _build/pdfsrc/_build/latex/optbook.log _build/pdf/; \
+	if [ -d _build/html/_static ]; then cp _build/pdf/optbook.pdf _build/html/_static/optbook.pdf; fi; \
+	echo "make pdf: $$(pdfinfo _build/pdf/optbook.pdf | awk '/^Pages/ {print $$2}') pages in $$(( $$(date +%s) - start )) s: _build/pdf/optbook.pdf"
+	OPTBOOK_PDF_REQUIRED=1 $(BIN)/pytest -q tests/test_pdf.py
 
 debs:
 	@missing=""; for p in $(DEB_PKGS); do \
