@@ -12,7 +12,9 @@ labels, so this extension does, from the package's source alone (no import of op
 - it links inline code in the prose that names a public API, `Adam`, `optbook.Adam`, `optbook.compare.sweep`,
   `adam_update(...)`, to that label (bare names only when they are in `optbook.__all__` or are unambiguous and not
   common words); code blocks, titles and the API entries' own headings stay as they are;
-- a link whose label is not in this build (a chapter left out) falls back to the plain code, with no warning.
+- a link whose label is not in this build (a chapter left out) falls back to the plain code, with no warning;
+- every page offers the PDF edition (`make pdf`) for download: a link under the navigation to `_static/optbook.pdf`,
+  which `make pdf` copies into the site (and a later `make book` copies again from `_build/pdf/`).
 """
 import ast, pathlib, re
 
@@ -42,8 +44,13 @@ def api_index(root):
     return modules, top
 
 
-def label_of(module, name):
-    return f"api-{module}.{name}".lower()
+def label_of(module, name, names=()):
+    """The label of `module.name`: `api-optbook.adam.adam` (Sphinx lowercases labels). When another public name of the
+    module differs only in case (`Sweep` and `sweep`), the one with capitals gets `-class` (CamelCase) or `-const`."""
+    label = f"api-{module}.{name}".lower()
+    if name != name.lower() and any(n != name and n.lower() == name.lower() for n in names):
+        label += "-const" if name.upper() == name else "-class"
+    return label
 
 
 def name_map(modules, top):
@@ -53,8 +60,8 @@ def name_map(modules, top):
     for mod, (_, names) in modules.items():
         short = mod.split(".", 1)[1]
         for n in names:
-            out[f"{mod}.{n}"] = out[f"{short}.{n}"] = label_of(mod, n)
-            bare.setdefault(n, []).append(label_of(mod, n))
+            out[f"{mod}.{n}"] = out[f"{short}.{n}"] = label_of(mod, n, names)
+            bare.setdefault(n, []).append(label_of(mod, n, names))
     for n in top:
         if n in bare: out[f"{PKG}.{n}"] = out[n] = bare[n][0]
     for n, labels in bare.items():
@@ -94,7 +101,7 @@ def add_labels(app, doctree):
     for mod, (nb, names) in modules.items():
         if nb == stem:
             for n in names:
-                wanted[n] = [label_of(mod, n)] + ([f"api-{PKG}.{n}".lower()] if n in top else [])
+                wanted[n] = [label_of(mod, n, names)] + ([f"api-{PKG}.{n}".lower()] if n in top else [])
     if not wanted: return
     std = env.get_domain("std")
     placed = set()
@@ -153,7 +160,32 @@ def resolve(app, env, node, contnode):
     return make_refnode(app.builder, node["refdoc"], docname, labelid, contnode, node["reftarget"])
 
 
+PDF_NAME = "optbook.pdf"
+PDF_JS = """
+document.addEventListener("DOMContentLoaded", function () {
+  var root = document.documentElement.dataset.content_root;
+  if (root === undefined) root = (window.DOCUMENTATION_OPTIONS || {}).URL_ROOT || "";
+  var host = document.querySelector(".bd-sidebar-primary .sidebar-primary-items__start")
+          || document.querySelector(".bd-sidebar-primary") || document.querySelector("main") || document.body;
+  var box = document.createElement("p"), a = document.createElement("a");
+  box.className = "optbook-pdf";
+  a.href = root + "_static/%s"; a.textContent = "下载本书 PDF 版"; a.setAttribute("download", "%s");
+  box.appendChild(a); host.appendChild(box);
+});
+""" % (PDF_NAME, PDF_NAME)
+
+
+def publish_pdf(app, exception):
+    "Copy the last `make pdf`'s PDF into the site, so a rebuilt site keeps offering it."
+    if exception is not None or app.builder.format != "html": return
+    pdf = pathlib.Path(app.srcdir) / "_build" / "pdf" / PDF_NAME
+    if pdf.is_file():
+        import shutil
+        shutil.copy2(pdf, pathlib.Path(app.outdir) / "_static" / PDF_NAME)
+
+
 def _inited(app):
+    if app.builder.format == "html": app.add_js_file(None, body=PDF_JS)
     root = pathlib.Path(app.srcdir)
     if not (root / PKG).is_dir(): root = pathlib.Path(__file__).resolve().parents[1]
     app.env.optbook_api = api_index(root)
@@ -165,4 +197,5 @@ def setup(app):
     app.connect("doctree-read", add_labels)
     app.connect("doctree-read", add_links)
     app.connect("missing-reference", resolve)
+    app.connect("build-finished", publish_pdf)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
