@@ -3,10 +3,12 @@
 # %% ../nbs/05_shampoo.ipynb #790cef92
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from .core import Optimizer, check_int, check_nonneg, check_range, off
+from .core import Optimizer, check_int, check_nonneg, check_range, off, _is_dtensor, _local_part
 
 # %% auto #0
 __all__ = ['inv_root', 'shampoo_update', 'Shampoo']
@@ -51,7 +53,7 @@ def shampoo_update(
     if P is None:                              # vectors and scalars: diagonal AdaGrad, the order-1 case of Shampoo
         d = a
     else:
-        g2 = g.reshape(g.shape[0], -1)         # convolutions: (out, in·kh·kw)
+        g2 = g.reshape(g.shape[0], math.prod(g.shape[1:]))  # convolutions: (out, in·kh·kw); not −1, which an empty g can't infer
         if beta2 is not None: P.mul_(beta2); Q.mul_(beta2)
         P.addmm_(g2, g2.mT, alpha=w)           # P ← P + g gᵀ   (or β₂P + (1−β₂) g gᵀ)
         Q.addmm_(g2.mT, g2, alpha=w)           # Q ← Q + gᵀ g
@@ -110,7 +112,8 @@ class Shampoo(Optimizer):
     Frobenius norm of the AdaGrad step (RMSprop's with $\beta_2 < 1$), whose statistic $G$ it keeps in `sum`;
     on vectors it changes nothing. `beta2 < 1` turns every statistic into a bias-corrected moving average, as in
     Distributed Shampoo (Shi et al. 2023); ε then fades from $P_t$ and survives as the eigenvalue floor. No
-    blocking of large matrices. `foreach` is accepted for a uniform signature and ignored: every matrix is
+    blocking of large matrices. Under FSDP2 each matrix is gathered whole, with its sharded state (G, m), and each rank
+    writes back its own part. An empty parameter keeps (empty) state and is left unchanged. `foreach` is accepted for a uniform signature and ignored: every matrix is
     updated alone.
 
     References: Gupta, Koren & Singer (2018), Shampoo: Preconditioned Stochastic Tensor Optimization, ICML;
@@ -153,8 +156,10 @@ class Shampoo(Optimizer):
     def init_state(self, p, group):
         eps, like = group["eps"], dict(dtype=p.dtype, device=p.device)
         if p.dim() >= 2:
-            rows, cols = p.shape[0], p.numel() // p.shape[0]
-            s = {"P": eps * torch.eye(rows, **like), "Q": eps * torch.eye(cols, **like),
+            rows, cols = p.shape[0], math.prod(p.shape[1:])   # not numel // rows: an empty (0, q) matrix has q columns
+            # εI as zeros with ε on the diagonal: torch.eye has no bfloat16 kernel on the CPU in torch 2.1
+            s = {"P": torch.zeros(rows, rows, **like).fill_diagonal_(float(eps)),
+                 "Q": torch.zeros(cols, cols, **like).fill_diagonal_(float(eps)),
                  "P^{-1/4}": torch.zeros(rows, rows, **like), "Q^{-1/4}": torch.zeros(cols, cols, **like)}
             if group["grafting"] is not None: s["G"] = torch.full_like(p, eps, memory_format=torch.preserve_format)
         else:
@@ -166,6 +171,18 @@ class Shampoo(Optimizer):
         return dict(eta=group["lr"], eps=group["eps"], beta=off(group["momentum"]), lam=off(group["weight_decay"]),
                     every=group["precondition_frequency"], maximize=group["maximize"],
                     beta2=None if float(group["beta2"]) == 1 else group["beta2"], graft=group["grafting"] is not None)
+
+    def _update_matrix(self, p, g, state, h, t, first):
+        """FSDP2: θ, g and every state entry that is a DTensor shard (the diagonal statistic G and the momentum m follow
+        θ's sharding; P, Q and their roots are whole) are gathered, the rule runs on whole tensors, and each rank
+        writes back its own part of θ and of those entries."""
+        if not _is_dtensor(p): return super()._update_matrix(p, g, state, h, t, first)
+        sharded = {k: v for k, v in state.items() if _is_dtensor(v)}
+        whole = {**state, **{k: v.full_tensor() for k, v in sharded.items()}}
+        full = p.full_tensor()
+        self._update_one(full, g.full_tensor() if _is_dtensor(g) else g, whole, h, t, first)
+        p.to_local().copy_(_local_part(full, p))
+        for k, v in sharded.items(): v.to_local().copy_(_local_part(whole[k], v))
 
     def update(self, p, g, s, h, *, t=None, first=False):
         shampoo_update(p, g, s.get("P"), s.get("Q"), s.get("P^{-1/4}"), s.get("Q^{-1/4}"), s.get("G"),

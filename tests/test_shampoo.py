@@ -175,3 +175,36 @@ def test_registry_reference_is_this_module():
     import test_registry as R   # imported here: test_registry imports this module while building its REGISTRY
     entry = next(e for e in R.REGISTRY if e.name == "Shampoo")
     assert entry.reference.__name__ == "KronShampooReference"
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (4, 0), (0, 2, 3), (0,)])
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, weight_decay=0.1, grafting="adagrad", beta2=0.99)])
+def test_empty_parameter_is_a_no_op(shape, kw):
+    "An empty parameter (found by fuzzing: (0, 4) divided by zero in init_state) steps like torch's optimizers do: nothing."
+    from optbook.shampoo import Shampoo
+    x, w = torch.zeros(shape, dtype=F64, requires_grad=True), torch.randn(3, 2, dtype=F64, requires_grad=True)
+    w0 = w.detach().clone()
+    opt, ref = Shampoo([x, w], lr=0.1, **kw), Shampoo([w0], lr=0.1, **kw)
+    for k in range(3):
+        x.grad = torch.zeros(shape, dtype=F64)
+        w.grad = torch.randn(3, 2, generator=torch.Generator().manual_seed(k), dtype=F64); w0.grad = w.grad.clone()
+        opt.step(); ref.step()
+    assert x.shape == shape and torch.equal(w.detach(), w0) and int(opt.state[x]["step"]) == 3
+    opt.load_state_dict(opt.state_dict())
+
+
+def test_bf16_state_is_built_without_torch_eye_in_bf16(monkeypatch):
+    "torch 2.1's CPU has no bfloat16 kernel for torch.eye: Shampoo must not ask for one (εI is zeros with ε on the diagonal)."
+    from optbook.shampoo import Shampoo
+    eye = torch.eye
+    def old_eye(*args, dtype=None, **kw):
+        if dtype == torch.bfloat16: raise RuntimeError('"eye" not implemented for \'BFloat16\'')
+        return eye(*args, dtype=dtype, **kw)
+    monkeypatch.setattr(torch, "eye", old_eye)
+    x = torch.randn(5, 3).to(torch.bfloat16); x.grad = torch.randn(5, 3).to(torch.bfloat16)
+    opt = Shampoo([x], lr=1e-2, eps=1e-3); opt.step()
+    for key, n in (("L", 5), ("R", 3)):   # the statistic is εI + g gᵀ: its off-diagonal part is g gᵀ's
+        S = opt.state[x][key]
+        assert S.dtype == torch.bfloat16 and tuple(S.shape) == (n, n) and torch.isfinite(S).all()
+    want = (1e-3 * eye(5)).to(torch.bfloat16).float() + (x.grad.float() @ x.grad.float().T).to(torch.bfloat16).float()
+    torch.testing.assert_close(opt.state[x]["L"].float(), want, rtol=2e-2, atol=1e-2)
