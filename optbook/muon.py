@@ -13,8 +13,9 @@ from .core import Optimizer, check_nonneg, check_range, off, _is_dtensor, _local
 from .adam import AdamW
 
 # %% auto #0
-__all__ = ['NS_COEFFICIENTS', 'ADJUST_LR', 'newton_schulz', 'lr_ratio', 'muon_update', 'Muon', 'muon_param_groups',
-           'muon_with_adamw', 'MuonWithAuxAdam']
+__all__ = ['NS_COEFFICIENTS', 'ADJUST_LR', 'POLAR_EXPRESS_SAFETY', 'POLAR_EXPRESS_COEFFICIENTS', 'per_step', 'newton_schulz',
+           'lr_ratio', 'muon_update', 'Muon', 'muon_param_groups', 'muon_with_adamw', 'MuonWithAuxAdam',
+           'optimal_quintic', 'polar_express_coefficients', 'neuron_normalize']
 
 # %% ../nbs/07_muon.ipynb #755c7b76
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)   # (c₁, c₃, c₅): Jordan et al. (2024), torch.optim.Muon's default
@@ -26,18 +27,25 @@ def _addmm(C: Tensor, A: Tensor, B: Tensor, beta: float, alpha: float = 1.0) -> 
     flat = lambda x: x.reshape(-1, *x.shape[-2:])
     return torch.baddbmm(flat(C), flat(A), flat(B), beta=beta, alpha=alpha).reshape(*lead, *C.shape[-2:])
 
+def per_step(coefficients, steps: int) -> list:
+    "The K = `steps` triples (c₁, c₃, c₅): one triple used at every step, or a sequence of triples whose last repeats."
+    if all(isinstance(c, (int, float)) for c in coefficients): return [tuple(coefficients)] * steps
+    seq = [tuple(c) for c in coefficients]
+    return seq[:steps] + seq[-1:] * max(0, steps - len(seq))
+
 def newton_schulz(G: Tensor,                       # a matrix, or a batch of matrices (..., rows, cols)
-                  coefficients=NS_COEFFICIENTS,    # (c₁, c₃, c₅) of φ(σ) = c₁σ + c₃σ³ + c₅σ⁵
+                  coefficients=NS_COEFFICIENTS,    # (c₁, c₃, c₅) of φ(σ) = c₁σ + c₃σ³ + c₅σ⁵, or one triple per step
                   steps: int = 5,                  # K: Newton–Schulz iterations
-                  eps: float = 1e-7) -> Tensor:    # ε: guards the division by ‖G‖_F
+                  eps: float = 1e-7,               # ε: guards the division by ‖G‖_F
+                  safety: float = 1.0) -> Tensor:  # divide by safety·‖G‖_F (Polar Express: 1.01, so that σ ≤ 1/1.01)
     "About U Vᵀ (the polar factor of G = U S Vᵀ) for each matrix of `G`, in bfloat16; `G` is never modified."
-    c1, c3, c5 = coefficients
     tall = G.size(-2) > G.size(-1)
     X = G.bfloat16()                   # the same tensor when G already is bfloat16: below, nothing writes into X
     if tall: X = X.mT                  # work on the wide side: X Xᵀ is then the smaller Gram matrix
     norm = X.norm() if X.dim() == 2 else X.norm(dim=(-2, -1), keepdim=True)
+    if safety != 1: norm = norm * safety
     X = X / norm.clamp(min=eps)        # ‖X‖₂ ≤ ‖X‖_F = 1: every singular value in [0, 1]
-    for _ in range(steps):
+    for c1, c3, c5 in per_step(coefficients, steps):
         A = X @ X.mT                                   # X Xᵀ
         B = _addmm(A, A, A, beta=c3, alpha=c5)         # c₃ X Xᵀ + c₅ (X Xᵀ)²
         X = _addmm(X, B, X, beta=c1)                   # c₁ X + (c₃ X Xᵀ + c₅ (X Xᵀ)²) X = φ applied to each σ
@@ -67,19 +75,23 @@ def muon_update(
     p: Tensor,                  # θ: a matrix (or a conv weight, seen as rows × the rest), updated in place
     g: Tensor,                  # g: its gradient, left unchanged
     m: Tensor,                  # m: the momentum buffer, updated in place
+    v: Tensor | None = None,    # v: NorMuon's second moment of each row of O (rows,), updated in place; None: plain Muon
     *,
     eta: float | Tensor,        # η: learning rate
     lam: float | Tensor | None, # λ: decoupled weight decay; None for none
     beta: float | Tensor,       # β: momentum
     nesterov: bool,             # use d = (1−β)g + βm instead of d = m
-    coefficients: tuple,        # (c₁, c₃, c₅) of the Newton–Schulz quintic
+    coefficients: tuple,        # (c₁, c₃, c₅) of the Newton–Schulz quintic, or one triple per step (Polar Express)
     ns_steps: int,              # K: Newton–Schulz iterations
-    eps: float | Tensor,        # ε: guards the normalization
+    eps: float | Tensor,        # ε: guards the normalization (and NorMuon's division by √v)
     adjust_lr_fn: str | None,   # how r depends on the shape (see lr_ratio)
+    safety: float = 1.0,        # Newton–Schulz divides by safety·‖d‖_F (Polar Express: 1.01)
+    beta2: float | None = None, # β₂: NorMuon's averaging of v (used when v is given)
 ) -> None:
-    "One Muon step, in place: m ← βm + (1−β)g, O ← NS(d), θ ← (1 − ηλ)θ − η r O."
+    "One Muon step, in place: m ← βm + (1−β)g, O ← NS(d) (NorMuon: rows normalized by v), θ ← (1 − ηλ)θ − η r O."
     d = _direction(g, m, beta, nesterov)
-    O = newton_schulz(d.reshape(len(d), -1), coefficients, ns_steps, eps)
+    O = newton_schulz(d.reshape(len(d), -1), coefficients, ns_steps, eps, safety)
+    if v is not None: O = neuron_normalize(O, v, beta2, eps)
     _apply(p, O, eta, lam, adjust_lr_fn)
 
 # %% ../nbs/07_muon.ipynb #8d99f345
@@ -104,6 +116,16 @@ class Muon(Optimizer):
     \end{align*}
     $$
 
+    Two newer forms, off by default (then the step is torch's): `polar_express=True` replaces the one quintic by
+    Amsel et al.'s (2025) sequence of per-step optimal quintics (`POLAR_EXPRESS_COEFFICIENTS`, step k uses the k-th;
+    $X_0$ is divided by $1.01\max(\lVert d_t\rVert_F, \varepsilon)$ as in their Algorithm 1); `normuon=True` (Li et
+    al. 2025) normalizes each row (output neuron) of $O_t$ by a moving average of its mean square,
+    $v_t \leftarrow \beta_2 v_{t-1} + (1-\beta_2)\,\mathrm{mean}_{\rm cols}(O_t\odot O_t)$ ($v_0 = 0$),
+    $\hat O_t = O_t/(\sqrt{v_t}+\varepsilon)$, rescaled to $\lVert \hat O_t\rVert_F = \sqrt{\min(d_{\rm out}, d_{\rm in})}$
+    (the norm of an exact $UV^\top$ of full rank) before $r$: with `adjust_lr_fn="match_rms_adamw"` this is the
+    paper's $\hat\eta = 0.2\,\eta\sqrt{d_{\rm out} d_{\rm in}}/\lVert\hat O_t\rVert_F$ (their code instead keeps
+    $\lVert O_t\rVert_F$ and uses $r$ = "original" and $\varepsilon = 10^{-10}$).
+
     When to use it: for the hidden weight matrices of a network (linear layers, attention projections, convolution
     kernels), with AdamW for the embeddings, the output head, gains and biases (`muon_param_groups` builds the split).
     When not: for vectors and scalars (refused), embeddings and the classifier head (their rows are not a linear map
@@ -120,10 +142,13 @@ class Muon(Optimizer):
     2.13 divides it by its norm inside Newton–Schulz, because `.bfloat16()` of a bfloat16 tensor is the tensor itself).
 
     References: Jordan et al. (2024), Muon: an optimizer for hidden layers in neural networks; Bernstein & Newhouse
-    (2024), Old optimizer, new norm; Liu et al. (2025), Muon is scalable for LLM training (the 0.2·√max scaling).
+    (2024), Old optimizer, new norm; Liu et al. (2025), Muon is scalable for LLM training (the 0.2·√max scaling);
+    Amsel, Persson, Musco & Gower (2025), The Polar Express: optimal matrix sign methods and their application to
+    the Muon algorithm; Li, Liu, Liang, Chen & Zhao (2025), NorMuon: making Muon more efficient and scalable.
     """
     rule = staticmethod(muon_update)
-    state_keys = {"m": ("momentum_buffer", "exponential moving average of the gradients")}
+    state_keys = {"m": ("momentum_buffer", "exponential moving average of the gradients"),
+                  "v": ("second_momentum_buffer", "NorMuon: moving average of each row's mean of O⊙O (rows,); only with normuon=True")}
     per_matrix = True          # Newton–Schulz needs whole matrices: DTensor shards are gathered first
     matrices_only = True       # vectors and scalars belong to AdamW
     supports_complex = False   # X Xᵀ would need the conjugate transpose; torch refuses complex too
@@ -138,23 +163,38 @@ class Muon(Optimizer):
                  ns_steps: int = 5,                              # K: Newton–Schulz iterations
                  adjust_lr_fn: str | None = None,                # None/"original" or "match_rms_adamw" (see lr_ratio)
                  *,
-                 foreach: bool | None = None):                   # batch same-shape matrices; None: on off the CPU
+                 foreach: bool | None = None,                    # batch same-shape matrices; None: on off the CPU
+                 polar_express: bool = False,                    # per-step optimal quintics (Amsel et al. 2025)
+                 normuon: bool = False,                          # NorMuon: normalize each row of O (Li et al. 2025)
+                 beta2: float | None = None):                    # β₂ of NorMuon's v; None: 0.95 (the paper's)
         check_nonneg("lr", lr); check_nonneg("momentum", momentum); check_nonneg("weight_decay", weight_decay)
         check_nonneg("eps", eps); check_range("ns_steps", ns_steps, 0, 100)
         if len(ns_coefficients) != 3:
             raise ValueError(f"Invalid ns_coefficients: {ns_coefficients!r} (must be three numbers (c1, c3, c5))")
+        if polar_express and tuple(ns_coefficients) != NS_COEFFICIENTS:
+            raise ValueError(f"Invalid ns_coefficients: {ns_coefficients!r} with polar_express=True, which brings its own")
+        if beta2 is not None:
+            if not normuon: raise ValueError(f"Invalid beta2: {beta2!r} without normuon=True (only NorMuon uses it)")
+            check_range("beta2", beta2, 0.0, 1.0)
         if adjust_lr_fn is not None and adjust_lr_fn not in ADJUST_LR:
             raise ValueError(f"Invalid adjust_lr_fn: {adjust_lr_fn!r} (must be None, 'original' or 'match_rms_adamw')")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                                       ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps,
-                                      adjust_lr_fn=adjust_lr_fn, foreach=foreach))
+                                      adjust_lr_fn=adjust_lr_fn, foreach=foreach, polar_express=polar_express,
+                                      normuon=normuon, beta2=beta2))
 
-    def init_state(self, p, group): return {"m": torch.zeros_like(p, memory_format=torch.preserve_format)}
+    def init_state(self, p, group):
+        s = {"m": torch.zeros_like(p, memory_format=torch.preserve_format)}
+        if group.get("normuon"): s["v"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)  # whole, also under FSDP2
+        return s
 
     def hyper(self, group):
+        pe, nor = group.get("polar_express", False), group.get("normuon", False)   # .get: groups saved by torch's Muon
         return dict(eta=group["lr"], lam=off(group["weight_decay"]), beta=group["momentum"], nesterov=group["nesterov"],
-                    coefficients=tuple(group["ns_coefficients"]), ns_steps=group["ns_steps"], eps=group["eps"],
-                    adjust_lr_fn=group["adjust_lr_fn"])
+                    coefficients=POLAR_EXPRESS_COEFFICIENTS if pe else tuple(group["ns_coefficients"]),
+                    ns_steps=group["ns_steps"], eps=group["eps"], adjust_lr_fn=group["adjust_lr_fn"],
+                    safety=POLAR_EXPRESS_SAFETY if pe else 1.0,
+                    beta2=(0.95 if group.get("beta2") is None else group["beta2"]) if nor else None)
 
     def matrix_batch_key(self, group, p):
         "With `foreach` (default: off the CPU), matrices of one shape, dtype and device share one batched Newton–Schulz."
@@ -169,14 +209,19 @@ class Muon(Optimizer):
         if not (_is_dtensor(p) and _is_dtensor(m) and _is_dtensor(g)):
             return super()._update_matrix(p, g, state, h, t, first)     # a plain tensor, or a gathered (full) buffer
         d = _direction(g, m, h["beta"], h["nesterov"]).full_tensor()    # elementwise on the shards, then one all-gather
-        O = newton_schulz(d.reshape(len(d), -1), h["coefficients"], h["ns_steps"], h["eps"]).reshape(d.shape)
-        _apply(p.to_local(), _local_part(O, p), h["eta"], h["lam"], h["adjust_lr_fn"], shape=p.shape)
+        O = newton_schulz(d.reshape(len(d), -1), h["coefficients"], h["ns_steps"], h["eps"], h["safety"])
+        v = state.get("second_momentum_buffer")                         # NorMuon: a whole (rows,) vector on every rank
+        if v is not None: O = neuron_normalize(O, v, h["beta2"], h["eps"])
+        _apply(p.to_local(), _local_part(O.reshape(d.shape), p), h["eta"], h["lam"], h["adjust_lr_fn"], shape=p.shape)
 
     def update_matrices(self, items: list, h: dict) -> None:
         "The rule for several same-shape matrices: momentum one by one, Newton–Schulz once on the stack."
         ds = [_direction(g, s["momentum_buffer"], h["beta"], h["nesterov"]) for p, g, s in items]
-        O = newton_schulz(torch.stack([d.reshape(len(d), -1) for d in ds]), h["coefficients"], h["ns_steps"], h["eps"])
-        for (p, _, _), o in zip(items, O.unbind(0)): _apply(p, o, h["eta"], h["lam"], h["adjust_lr_fn"])
+        O = newton_schulz(torch.stack([d.reshape(len(d), -1) for d in ds]), h["coefficients"], h["ns_steps"], h["eps"],
+                          h["safety"])
+        for (p, _, s), o in zip(items, O.unbind(0)):
+            if s.get("second_momentum_buffer") is not None: o = neuron_normalize(o, s["second_momentum_buffer"], h["beta2"], h["eps"])
+            _apply(p, o, h["eta"], h["lam"], h["adjust_lr_fn"])
 
 # %% ../nbs/07_muon.ipynb #adc916fa
 def _muon_weight(module: nn.Module, name: str) -> str | None:
@@ -334,3 +379,55 @@ class MuonWithAuxAdam(torch.optim.Optimizer):
         groups = [dict(params=to_muon, use_muon=True, **{"lr": 0.02, **(muon or {})}),
                   dict(params=to_adamw, use_muon=False, **{"lr": 3e-4, "weight_decay": 0.01, **(adamw or {})})]
         return cls([g for g in groups if g["params"]])
+
+# %% ../nbs/07_muon.ipynb #pe02
+def optimal_quintic(l: float,   # ℓ: the lower end of the interval (0 < ℓ ≤ u)
+                    u: float,   # u: the upper end
+                    ) -> tuple[float, float, float]:
+    "(a, b, c) of the odd quintic aσ + bσ³ + cσ⁵ closest to 1 on [ℓ, u] in the max norm: Remez exchange on 4 points."
+    if l / u >= 1 - 5e-6:                         # a tiny interval: its limit is Newton–Schulz's (15σ − 10σ³ + 3σ⁵)/8 at u
+        return 15 / 8 / u, -10 / 8 / u**3, 3 / 8 / u**5
+    q, r = (3 * l + u) / 4, (l + 3 * u) / 4       # the interior extrema, first guess
+    E_old = math.inf
+    for _ in range(100):
+        A = torch.tensor([[x, x**3, x**5, s] for x, s in ((l, 1.0), (q, -1.0), (r, 1.0), (u, -1.0))],
+                         dtype=torch.float64, device="cpu")
+        a, b, c, E = torch.linalg.solve(A, torch.ones(4, dtype=torch.float64, device="cpu")).tolist()  # p(x) + s·E = 1
+        root = math.sqrt(9 * b * b - 20 * a * c)  # p'(σ) = a + 3bσ² + 5cσ⁴ = 0 at the new q, r
+        q, r = math.sqrt((-3 * b - root) / (10 * c)), math.sqrt((-3 * b + root) / (10 * c))
+        if abs(E - E_old) <= 1e-15: break
+        E_old = E
+    return a, b, c
+
+def polar_express_coefficients(l: float = 1e-3,            # ℓ₁: assumed smallest singular value of G/‖G‖_F
+                               steps: int = 8,             # T: how many polynomials
+                               cushion: float = 0.02407327424182761,  # solve on [max(ℓ, cushion·u), u]
+                               ) -> list:
+    "Amsel et al.'s (2025) sequence p₁, …, p_T: p_t optimal on [ℓ_t, u_t], then ℓ_{t+1} = p_t(ℓ_t), u_{t+1} = 2 − ℓ_{t+1}."
+    u, out = 1.0, []
+    for _ in range(steps):
+        a, b, c = optimal_quintic(max(l, cushion * u), u)
+        p = lambda x: a * x + b * x**3 + c * x**5
+        k = 2 / (p(l) + p(u))                     # re-centre on [ℓ, u]: 1 − p(ℓ) = p(u) − 1
+        a, b, c = k * a, k * b, k * c
+        out.append((a, b, c))
+        l = a * l + b * l**3 + c * l**5
+        u = 2 - l
+    return out
+
+POLAR_EXPRESS_SAFETY = 1.01   # X₀ = G/(1.01‖G‖_F), and every polynomial but the last is p(σ/1.01)
+POLAR_EXPRESS_COEFFICIENTS = tuple(
+    [(a / POLAR_EXPRESS_SAFETY, b / POLAR_EXPRESS_SAFETY**3, c / POLAR_EXPRESS_SAFETY**5)
+     for a, b, c in polar_express_coefficients()[:-1]] + polar_express_coefficients()[-1:])
+
+# %% ../nbs/07_muon.ipynb #nm02
+def neuron_normalize(O: Tensor,               # the orthogonalized update, (rows, cols): a row is one output neuron
+                     v: Tensor,               # v: each row's moving average of mean(O⊙O), (rows,), updated in place
+                     beta2: float | Tensor,   # β₂: its averaging coefficient
+                     eps: float | Tensor,     # ε: added to √v
+                     ) -> Tensor:
+    "NorMuon's step after Newton–Schulz: v ← β₂v + (1−β₂)·mean_cols(O⊙O); Ô = O/(√v + ε), rescaled to ‖Ô‖_F = √min(rows, cols)."
+    O = O.to(v.dtype)
+    v.lerp_(O.square().mean(dim=1), 1 - beta2)
+    O = O / (v.sqrt() + eps)[:, None]
+    return O * (math.sqrt(min(O.shape)) / O.norm().clamp_min(torch.finfo(O.dtype).tiny))

@@ -39,6 +39,7 @@ def weights(model): return [m.weight for m in model if isinstance(m, torch.nn.Li
 CASES = {
     "muon": lambda m: Muon(weights(m), lr=0.05, weight_decay=0.1),
     "muon_rms_plain": lambda m: Muon(weights(m), lr=0.05, nesterov=False, adjust_lr_fn="match_rms_adamw"),
+    "muon_pe_normuon": lambda m: Muon(weights(m), lr=0.05, polar_express=True, normuon=True),
     "muon+adamw": lambda m: muon_with_adamw(m, muon=dict(lr=0.05), adamw=dict(lr=1e-2)),
     "MuonWithAuxAdam": lambda m: MuonWithAuxAdam.for_model(m, muon=dict(lr=0.05), adamw=dict(lr=1e-2)),
     "shampoo": lambda m: optbook.Shampoo(weights(m), lr=0.05),
@@ -47,10 +48,9 @@ CASES = {
     "adamw_foreach": lambda m: optbook.AdamW(m.parameters(), lr=1e-2, foreach=True),
     "sgd_momentum": lambda m: optbook.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True),
 }
-# Shampoo's diagonal statistic (vectors) and momentum are created as DTensor shards, but the core's whole-matrix path
-# gathers θ and g and hands the rule those shards: "got mixed torch.Tensor and DTensor". Muon overrides the path
-# (optbook.muon); the general fix belongs in the core (gather the DTensor state too, write back the local parts).
-KNOWN_FAILURES = {"shampoo_all": "core per_matrix path: DTensor state (Shampoo's vectors, momentum) is not gathered"}
+# Cases that fail for a known reason (xfail). Shampoo's diagonal statistic and momentum are DTensor shards: its
+# whole-matrix path (optbook.shampoo) gathers them with θ and g and writes each rank's part back, so "shampoo_all" passes.
+KNOWN_FAILURES = {}
 RESUME = ["MuonWithAuxAdam", "muon+adamw", "shampoo", "adam"]   # the checkpoint round trip
 
 

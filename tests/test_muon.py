@@ -34,15 +34,19 @@ def test_bit_identical_to_torch_in_float64(nesterov, adjust):
     assert a.keys() == b.keys() and all(torch.equal(a[i]["momentum_buffer"], b[i]["momentum_buffer"]) for i in a)
 
 
+EXTRA = ["foreach", "polar_express", "normuon", "beta2"]   # optbook's keyword-only options, all off by default
+
+
 def test_signature_and_defaults_extend_torch():
-    "torch's parameters, kinds and defaults in torch's order, then optbook's keyword-only foreach."
+    "torch's parameters, kinds and defaults in torch's order, then optbook's keyword-only options."
     ours, ref = inspect.signature(Muon).parameters, inspect.signature(torch.optim.Muon).parameters
-    assert list(ours)[:len(ref)] == list(ref) and list(ours)[len(ref):] == ["foreach"]
+    assert list(ours)[:len(ref)] == list(ref) and list(ours)[len(ref):] == EXTRA
     for name, p in ref.items():
         assert ours[name].kind == p.kind and ours[name].default == p.default, name
-    assert ours["foreach"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert all(ours[k].kind == inspect.Parameter.KEYWORD_ONLY for k in EXTRA)
+    assert [ours[k].default for k in EXTRA] == [None, False, False, None]
     w = torch.zeros(3, 3)
-    a = {k: v for k, v in Muon([w]).param_groups[0].items() if k not in ("params", "foreach")}
+    a = {k: v for k, v in Muon([w]).param_groups[0].items() if k not in ["params"] + EXTRA}
     b = {k: v for k, v in torch.optim.Muon([w.clone()]).param_groups[0].items() if k != "params"}
     assert a == b
 
@@ -328,3 +332,134 @@ def test_muon_with_aux_adam_on_a_gpu():
         losses.append(la.item())
         for p, q in zip(a.parameters(), b.parameters()): assert torch.equal(p, q), step
     assert losses[-1] < losses[0]
+
+
+# --- Polar Express (Amsel et al. 2025) -------------------------------------------------------------------------------
+PAPER_PE = [(8.28721201814563, -23.595886519098837, 17.300387312530933),       # their Algorithm 1, before the safety factor
+            (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+            (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+            (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+            (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+            (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+            (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+            (1.875, -1.25, 0.375)]
+
+
+def test_polar_express_coefficients_are_computed_and_match_the_paper():
+    ours = M.polar_express_coefficients()
+    for k, (o, p) in enumerate(zip(ours, PAPER_PE)):
+        assert o == pytest.approx(p, rel=1e-13 if k < 6 else 1e-8), k
+    assert len(M.POLAR_EXPRESS_COEFFICIENTS) == 8 and M.POLAR_EXPRESS_SAFETY == 1.01
+    for k, ((a, b, c), (x, y, z)) in enumerate(zip(M.POLAR_EXPRESS_COEFFICIENTS, ours)):
+        f = 1.01 if k < 7 else 1.0                                   # the safety factor: all but the last polynomial
+        assert (a, b, c) == pytest.approx((x / f, y / f**3, z / f**5), rel=1e-15)
+
+
+@pytest.mark.parametrize("l,u", [(0.02407327424182761, 1.0), (0.1, 1.0), (0.3, 1.7)])
+def test_optimal_quintic_equioscillates(l, u):
+    a, b, c = M.optimal_quintic(l, u)
+    x = torch.linspace(l, u, 400001, dtype=F64)
+    E = (1 - (a * x + b * x**3 + c * x**5)).abs().max().item()
+    root = math.sqrt(9 * b * b - 20 * a * c)
+    pts = torch.tensor([l, math.sqrt((-3 * b - root) / (10 * c)), math.sqrt((-3 * b + root) / (10 * c)), u], dtype=F64)
+    e = 1 - (a * pts + b * pts**3 + c * pts**5)
+    assert torch.allclose(e.abs(), torch.full_like(e, E), rtol=1e-9) and (e[:-1] * e[1:] < 0).all()
+    # and it is the best: a perturbed polynomial has a larger maximum error
+    for d in [(1e-3, 0, 0), (0, 1e-3, 0), (0, 0, 1e-3), (-1e-3, 1e-3, 0)]:
+        a2, b2, c2 = a + d[0], b + d[1], c + d[2]
+        assert (1 - (a2 * x + b2 * x**3 + c2 * x**5)).abs().max().item() > E
+
+
+def test_per_step_and_newton_schulz_with_a_sequence():
+    assert M.per_step(NS_COEFFICIENTS, 3) == [NS_COEFFICIENTS] * 3
+    seq = [(1.0, 0.0, 0.0), (2.0, 0.0, 0.0)]
+    assert M.per_step(seq, 4) == [(1.0, 0.0, 0.0), (2.0, 0.0, 0.0), (2.0, 0.0, 0.0), (2.0, 0.0, 0.0)]
+    assert M.per_step(seq, 1) == [(1.0, 0.0, 0.0)]
+    G = torch.randn(6, 4, dtype=F64)
+    X = newton_schulz(G, seq, 3, safety=2.0).double()     # σ ↦ 4σ after the three steps (1, 2, 2), from G/(2‖G‖)
+    torch.testing.assert_close(X, (4 * G / (2 * G.norm())).bfloat16().double(), rtol=2e-2, atol=1e-3)
+
+
+def test_muon_polar_express_option():
+    gen = torch.Generator().manual_seed(3)
+    W0 = torch.randn(32, 8, generator=gen, dtype=F64); g = torch.randn(32, 8, generator=gen, dtype=F64)
+    W = W0.clone(); W.grad = g.clone()
+    Muon([W], lr=0.1, weight_decay=0.0, momentum=0.0, nesterov=False, polar_express=True, ns_steps=6).step()
+    O = newton_schulz(g, M.POLAR_EXPRESS_COEFFICIENTS, 6, 1e-7, safety=1.01)
+    assert torch.equal(W, W0.clone().add_(O, alpha=-0.1 * lr_ratio(None, W.shape)))   # as _apply does it
+    sv_pe = torch.linalg.svdvals(O.double()); sv_j = torch.linalg.svdvals(newton_schulz(g, NS_COEFFICIENTS, 6).double())
+    assert (sv_pe - 1).abs().max() < 0.02 < 0.25 < (sv_j - 1).abs().max()   # 6 steps: Polar Express is nearly orthogonal
+    with pytest.raises(ValueError, match="polar_express"): Muon([W], polar_express=True, ns_coefficients=(1.5, -0.5, 0.0))
+    with pytest.raises(TypeError): Muon([W], polar_express="yes")
+
+
+# --- NorMuon (Li et al. 2025) ----------------------------------------------------------------------------------------
+def normuon_reference(theta, grads, lr, wd, beta, beta2, eps, steps=5):
+    "The paper's algorithm as written: Ô = O/(√v + ε), η̂ = 0.2 η √(mn)/‖Ô‖_F, θ ← θ − ηλθ − η̂ Ô."
+    m, n = theta.shape
+    Mom, v = torch.zeros_like(theta), torch.zeros(m, dtype=theta.dtype)
+    for g in grads:
+        Mom = beta * Mom + (1 - beta) * g
+        O = newton_schulz(Mom, NS_COEFFICIENTS, steps, eps).double()
+        v = beta2 * v + (1 - beta2) * (O * O).mean(dim=1)
+        Oh = O / (v.sqrt() + eps)[:, None]
+        theta = theta - lr * wd * theta - 0.2 * lr * math.sqrt(m * n) / Oh.norm() * Oh
+    return theta, v
+
+
+@pytest.mark.parametrize("shape", [(20, 7), (7, 20), (9, 9)])
+def test_normuon_equals_the_paper_in_float64(shape):
+    gen = torch.Generator().manual_seed(5)
+    W0 = torch.randn(shape, generator=gen, dtype=F64)
+    grads = [torch.randn(shape, generator=gen, dtype=F64) for _ in range(12)]
+    W = W0.clone()
+    opt = Muon([W], lr=0.03, weight_decay=0.05, nesterov=False, normuon=True, beta2=0.9, adjust_lr_fn="match_rms_adamw")
+    for g in grads: W.grad = g.clone(); opt.step()
+    want, v = normuon_reference(W0, grads, 0.03, 0.05, 0.95, 0.9, 1e-7)
+    torch.testing.assert_close(W, want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(opt.state[W]["second_momentum_buffer"], v, rtol=1e-12, atol=1e-16)
+
+
+def test_normuon_rows_are_balanced_and_the_rms_is_kept():
+    gen = torch.Generator().manual_seed(6)
+    O = newton_schulz(torch.logspace(-1, 1, 48, dtype=F64)[:, None] * torch.randn(48, 24, generator=gen, dtype=F64)).double()
+    v = torch.zeros(48, dtype=F64)
+    On = M.neuron_normalize(O, v, 0.95, 1e-7)
+    rms = On.square().mean(dim=1).sqrt()
+    assert rms.max() / rms.min() < 1.001 and On.norm().item() == pytest.approx(math.sqrt(24), rel=1e-12)
+    torch.testing.assert_close(v, 0.05 * O.square().mean(dim=1))
+    W = torch.zeros(48, 24, dtype=F64); W.grad = torch.randn(48, 24, generator=gen, dtype=F64)
+    Muon([W], lr=0.01, weight_decay=0.0, normuon=True, adjust_lr_fn="match_rms_adamw").step()
+    assert W.square().mean().sqrt().item() == pytest.approx(0.2 * 0.01, rel=1e-12)
+
+
+def test_normuon_state_dict_resume_batched_and_bad_options():
+    gen = torch.Generator().manual_seed(7)
+    ps = [torch.randn(16, 8, generator=gen, dtype=F64) for _ in range(3)]
+    grads = [[torch.randn(16, 8, generator=gen, dtype=F64) for _ in ps] for _ in range(6)]
+    def run(ps, gs, opt):
+        for step in gs:
+            for p, g in zip(ps, step): p.grad = g.clone()
+            opt.step()
+    a = [p.clone() for p in ps]; oa = Muon(a, lr=0.02, normuon=True, polar_express=True)
+    run(a, grads, oa)
+    b = [p.clone() for p in ps]; ob = Muon(b, lr=0.02, normuon=True, polar_express=True)
+    run(b, grads[:3], ob)
+    sd = copy.deepcopy(ob.state_dict())
+    assert sd["param_groups"][0]["normuon"] is True and sd["state"][0]["second_momentum_buffer"].shape == (16,)
+    ob2 = Muon(b, lr=0.02, normuon=True, polar_express=True); ob2.load_state_dict(sd)
+    run(b, grads[3:], ob2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    broken = copy.deepcopy(sd); del broken["state"][0]["second_momentum_buffer"]
+    with pytest.raises(ValueError, match="second_momentum_buffer"): Muon(b, lr=0.02, normuon=True).load_state_dict(broken)
+    c = [p.clone() for p in ps]; oc = Muon(c, lr=0.02, normuon=True, polar_express=True, foreach=True)
+    run(c, grads, oc)                                  # one batched Newton–Schulz: equal up to bfloat16 rounding
+    for x, y, p in zip(a, c, ps):
+        assert (x - y).norm() < 0.1 * (x - p).norm()
+    with pytest.raises(ValueError, match="beta2"): Muon(b, beta2=0.9)              # beta2 without normuon
+    with pytest.raises(ValueError, match="beta2"): Muon(b, normuon=True, beta2=1.5)
+
+
+def test_defaults_are_still_torch_with_the_options_spelled_out():
+    ps, qs, _, _ = run_pair(lambda ps, **kw: Muon(ps, polar_express=False, normuon=False, **kw), lr=0.02)
+    assert all(torch.equal(p, q) for p, q in zip(ps, qs))
