@@ -46,7 +46,10 @@ def latex_config(cfg: dict) -> dict:
     conf = dict(sphinx.get("config", {}))
     conf["latex_elements"] = {"papersize": "a4paper", "pointsize": "11pt", "babel": "", "polyglossia": "",
                               "fontenc": r"\usepackage{fontspec}", "preamble": PREAMBLE, "figure_align": "H",
-                              "sphinxsetup": "verbatimwithframe=false, VerbatimColor={rgb}{0.96,0.96,0.96}"}
+                              "sphinxsetup": "verbatimwithframe=false, VerbatimColor={rgb}{0.96,0.96,0.96}",
+                              # no general index: makeindex splits the UTF-8 bytes of Chinese terms (the glossary is a chapter)
+                              "printindex": ""}
+    conf["latex_domain_indices"] = False
     conf["latex_show_urls"] = "no"
     conf["latex_use_xindy"] = False
     sphinx["config"] = conf
@@ -94,10 +97,29 @@ def _proof_docname(env, node, parent_tag="section"):
     return env.config.root_doc
 
 
+PROOF_NAMES = {"Theorem": "定理", "Lemma": "引理", "Definition": "定义", "Algorithm": "算法", "Corollary": "推论",
+               "Proposition": "命题", "Remark": "注", "Example": "例", "Conjecture": "猜想", "Criterion": "判据",
+               "Axiom": "公理", "Observation": "观察", "Property": "性质", "Assumption": "假设", "Notation": "记号",
+               "Proof": "证明"}
+
+
+def translate_proofs(app, exception):
+    """sphinx-proof writes its box titles in English in LaTeX (`Theorem 1 (...)`; HTML translates them): translate them
+    in the written .tex, before latexmk runs."""
+    if exception is not None or app.builder.format != "latex": return
+    import re
+    for tex in pathlib.Path(app.outdir).glob("*.tex"):
+        text = tex.read_text(encoding="utf-8")
+        new = re.sub(r"(\\begin\{sphinxadmonition\}\{note\}\{)(%s)\b" % "|".join(PROOF_NAMES),
+                     lambda m: m.group(1) + PROOF_NAMES[m.group(2)], text)
+        if new != text: tex.write_text(new, encoding="utf-8")
+
+
 def setup(app):
     "Loaded only by the PDF's configuration (latex_config)."
     import sphinx_proof.nodes
     sphinx_proof.nodes.find_parent = _proof_docname
+    app.connect("build-finished", translate_proofs)
     app.connect("doctree-resolved", fix_math)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
 
