@@ -99,7 +99,8 @@ class Entry:
         if self.reference is None or not isinstance(self.reference, type): return
         params = inspect.signature(self.reference).parameters
         if any(p.kind == p.VAR_KEYWORD for p in params.values()): return
-        used = {k for kw in [*self.options, *self.settings, self.rosenbrock] for k in kw} | {"foreach"}
+        used = {k for kw in [*self.options, *self.settings, self.rosenbrock] for k in kw}
+        if "foreach" in inspect.signature(self.cls).parameters: used.add("foreach")
         missing = used - set(params)
         if not missing: return
         ref = self.reference
