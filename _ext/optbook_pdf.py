@@ -3,8 +3,8 @@ xelatex and ctex, from the notebooks that the last `make book` executed, without
 
 `python _ext/optbook_pdf.py prepare` writes `_build/pdfsrc`: a copy of the book's source whose `nbs/*.ipynb` are the
 executed notebooks of `_build/jupyter_execute` (outputs, figures and glue values included) and whose `_config.yml` is
-the book's with execution off and the LaTeX settings below. Interactive plotly figures (HTML only) are replaced by a
-note pointing to the web page, since LaTeX cannot show them.
+the book's with execution off and the LaTeX settings below. Interactive plotly figures (HTML only; LaTeX cannot show
+them) get a static rendition: small multiples of the slider's settings (`small_multiples`).
 """
 import json, pathlib, shutil, sys
 
@@ -57,15 +57,97 @@ def latex_config(cfg: dict) -> dict:
     return cfg
 
 
+def _plotly_figure(html: str):
+    "The (data, layout) of the first `Plotly.newPlot(id, data, layout, ...)` call in a plotly HTML output."
+    dec, i = json.JSONDecoder(), html.index("Plotly.newPlot(") + len("Plotly.newPlot(")
+    args = []
+    for _ in range(3):
+        while html[i] in " \n\t\r,": i += 1
+        value, i = dec.raw_decode(html, i)
+        args.append(value)
+    return args[1], args[2]
+
+
+def _array(v):
+    "A plotly array: a list, or plotly 6's typed array {'dtype', 'bdata' (base64), 'shape'}."
+    import base64
+    import numpy as np
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        if shape: a = a.reshape([int(x) for x in str(shape).split(",")])
+        return a
+    return np.asarray(v, dtype=float)
+
+
+def small_multiples(html: str, panels: int = 6) -> bytes:
+    """A static PNG of an `optbook.viz.explore` figure: the trajectory on the contours for up to `panels` of the
+    slider settings (spread over all of them), and their suboptimality gaps together in a last panel."""
+    import io
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from optbook.viz import setup_cjk_font
+    setup_cjk_font()
+    data, layout = _plotly_figure(html)
+    contour = next(t for t in data if t.get("type") == "contour")
+    marks = [t for t in data if t.get("type") == "scatter" and t.get("mode") == "markers"]
+    paths = [t for t in data if t.get("type") == "scatter" and t.get("mode") == "lines+markers"]
+    gaps = {t.get("name"): t for t in data if t.get("type") == "scatter" and t.get("xaxis") == "x2"}
+    pick = sorted(set(np.linspace(0, len(paths) - 1, min(panels, len(paths))).round().astype(int)))
+    cols = 4 if len(pick) + 1 > 3 else len(pick) + 1
+    rows = -(-(len(pick) + 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    X, Y, Z = _array(contour["x"]), _array(contour["y"]), _array(contour["z"])
+    xr, yr = layout.get("xaxis", {}).get("range"), layout.get("yaxis", {}).get("range")
+    for ax, k in zip(axes.flat, pick):
+        t = paths[k]
+        ax.contour(X, Y, Z, levels=25, cmap="viridis", linewidths=0.6)
+        for m in marks:
+            ax.plot(_array(m["x"]), _array(m["y"]), "*" if "极小" in (m.get("name") or "") else "o",
+                    color="gold" if "极小" in (m.get("name") or "") else "black", ms=8)
+        P = np.stack([_array(t["x"]), _array(t["y"])], 1) if len(t.get("x") or []) else np.zeros((0, 2))
+        ax.plot(P[:, 0], P[:, 1], ".-", color="C3", lw=1.2, ms=3)
+        if xr: ax.set_xlim(xr)
+        if yr: ax.set_ylim(yr)
+        ax.set_title(t.get("name", ""), fontsize=9)
+        ax.set_xticks([]); ax.set_yticks([])
+    ax = axes.flat[len(pick)]
+    for k in pick:
+        g = gaps.get(paths[k].get("name"))
+        if g is not None and len(g.get("y") or []):
+            y = _array(g["y"])
+            ax.semilogy(np.arange(len(y)), np.where(y > 0, y, np.nan), lw=1.2, label=paths[k].get("name"))
+    ax.set_title("次优间隙 f(θₜ) − f*", fontsize=9); ax.set_xlabel("迭代步数 t", fontsize=8)
+    ax.legend(fontsize=6)
+    for extra in list(axes.flat)[len(pick) + 1:]: extra.axis("off")
+    title = (layout.get("title") or {}).get("text") or ""
+    fig.suptitle(f"{title}（交互图的静态版：{len(pick)} 组滑块取值，共 {len(paths)} 组）", fontsize=11)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def static_outputs(nb: dict) -> int:
-    "Replace interactive (plotly, HTML-only) outputs by a note for the PDF; returns how many were replaced."
+    """Give interactive (plotly, HTML-only) outputs a static rendition for the PDF: small multiples of the slider's
+    settings (`small_multiples`), or a note pointing to the web page if the figure cannot be read. Returns the count."""
+    import base64
     n = 0
     for cell in nb.get("cells", []):
         for out in cell.get("outputs", []):
             data = out.get("data") or {}
             html = "".join(data.get("text/html", ""))
             if "plotly-graph-div" in html and not any(k.startswith("image/") for k in data):
-                out["data"] = {"text/markdown": PLOTLY_NOTE, "text/plain": PLOTLY_NOTE}
+                try:
+                    png = base64.b64encode(small_multiples(html)).decode("ascii")
+                    out["data"] = {"image/png": png, "text/plain": "<plotly figure>"}
+                except Exception as err:   # a figure not made by viz.explore: say where to see it
+                    print(f"static rendition failed ({type(err).__name__}: {err}); a note instead", file=sys.stderr)
+                    out["data"] = {"text/markdown": PLOTLY_NOTE, "text/plain": PLOTLY_NOTE}
+                out.setdefault("metadata", {})
                 n += 1
     return n
 
