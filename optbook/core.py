@@ -308,8 +308,9 @@ class Optimizer(torch.optim.Optimizer):
         if defaults.get("differentiable"):
             alt = f"torch.optim.{name}" if hasattr(torch.optim, name) else "torch.optim"
             raise ValueError(f"{name}: differentiable=True is not supported by optbook; use {alt} for it")
-        if defaults.get("fused"):
-            raise NotImplementedError(f"{name}: fused=True is not implemented yet; leave fused=None (or use foreach=True)")
+        if defaults.get("fused"):   # single-pass kernels from the same rule (optbook.fused); elementwise rules only
+            if defaults.get("foreach"): raise ValueError(f"{name}: `fused` and `foreach` cannot be `True` together")
+            if self.per_matrix: raise NotImplementedError(f"{name}: fused=True is not supported (its update is not elementwise)")
         if isinstance(params, Tensor):
             raise TypeError(f"{name}: params must be an iterable of Tensors or dicts, got a single Tensor; wrap it in a list")
         super().__init__(params, defaults)
@@ -516,6 +517,10 @@ class Optimizer(torch.optim.Optimizer):
         loss = self.evaluate(closure)
         for group in self.param_groups:
             self.check_group(group)
+            if group.get("fused"):                   # the fused path; optbook.fused (torch.compile) is imported only here
+                from .fused import fused_step
+                fused_step(self, group)
+                continue
             h = self.hyper(group)
             batches, matrix_batches = defaultdict(list), defaultdict(list)
             for p, g in self.params_with_grad(group):
@@ -605,7 +610,7 @@ class SignSGD(Optimizer):
                  maximize: bool = False,  # maximize the objective instead of minimizing it
                  foreach: bool | None = None,   # multi-tensor path; None: on for CUDA, off on CPU
                  differentiable: bool = False,  # not supported (raises)
-                 fused: bool | None = None):    # not supported yet (raises if True)
+                 fused: bool | None = None):    # single-pass kernels from the same rule (optbook.fused)
         check_nonneg("lr", lr); check_range("momentum", momentum, 0.0, 1.0); check_nonneg("weight_decay", weight_decay)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize,
                                       foreach=foreach, differentiable=differentiable, fused=fused))
