@@ -505,11 +505,15 @@ class Optimizer(torch.optim.Optimizer):
         self.update(_real(p), _real(g), self._symbols(state), h, t=t, first=first)
 
     def _update_matrix(self, p, g, state, h, t, first):
-        "The whole-matrix path: a DTensor shard is gathered, updated as the full matrix, and its own part written back."
+        """The whole-matrix path: a DTensor shard is gathered, updated as the full matrix, and its own part written back;
+        so is every state entry that is a DTensor shard (a buffer made like θ, e.g. momentum), while whole state is used as it is."""
         if not _is_dtensor(p): return self._update_one(p, g, state, h, t, first)
+        sharded = {k: v for k, v in state.items() if _is_dtensor(v)}
+        whole = {**state, **{k: v.full_tensor() for k, v in sharded.items()}}
         full = p.full_tensor()
-        self._update_one(full, g.full_tensor() if _is_dtensor(g) else g, state, h, t, first)
+        self._update_one(full, g.full_tensor() if _is_dtensor(g) else g, whole, h, t, first)
         p.to_local().copy_(_local_part(full, p))
+        for k, v in sharded.items(): v.to_local().copy_(_local_part(whole[k], v))
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):

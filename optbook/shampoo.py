@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from .core import Optimizer, check_int, check_nonneg, check_range, off, _is_dtensor, _local_part
+from .core import Optimizer, check_int, check_nonneg, check_range, off
 
 # %% auto #0
 __all__ = ['inv_root', 'shampoo_update', 'Shampoo']
@@ -171,18 +171,6 @@ class Shampoo(Optimizer):
         return dict(eta=group["lr"], eps=group["eps"], beta=off(group["momentum"]), lam=off(group["weight_decay"]),
                     every=group["precondition_frequency"], maximize=group["maximize"],
                     beta2=None if float(group["beta2"]) == 1 else group["beta2"], graft=group["grafting"] is not None)
-
-    def _update_matrix(self, p, g, state, h, t, first):
-        """FSDP2: θ, g and every state entry that is a DTensor shard (the diagonal statistic G and the momentum m follow
-        θ's sharding; P, Q and their roots are whole) are gathered, the rule runs on whole tensors, and each rank
-        writes back its own part of θ and of those entries."""
-        if not _is_dtensor(p): return super()._update_matrix(p, g, state, h, t, first)
-        sharded = {k: v for k, v in state.items() if _is_dtensor(v)}
-        whole = {**state, **{k: v.full_tensor() for k, v in sharded.items()}}
-        full = p.full_tensor()
-        self._update_one(full, g.full_tensor() if _is_dtensor(g) else g, whole, h, t, first)
-        p.to_local().copy_(_local_part(full, p))
-        for k, v in sharded.items(): v.to_local().copy_(_local_part(whole[k], v))
 
     def update(self, p, g, s, h, *, t=None, first=False):
         shampoo_update(p, g, s.get("P"), s.get("Q"), s.get("P^{-1/4}"), s.get("Q^{-1/4}"), s.get("G"),

@@ -48,8 +48,8 @@ CASES = {
     "adamw_foreach": lambda m: optbook.AdamW(m.parameters(), lr=1e-2, foreach=True),
     "sgd_momentum": lambda m: optbook.SGD(m.parameters(), lr=0.05, momentum=0.9, nesterov=True),
 }
-# Cases that fail for a known reason (xfail). Shampoo's diagonal statistic and momentum are DTensor shards: its
-# whole-matrix path (optbook.shampoo) gathers them with θ and g and writes each rank's part back, so "shampoo_all" passes.
+# Cases that fail for a known reason (xfail). Shampoo's diagonal statistic and momentum are DTensor shards: the core's
+# whole-matrix path (Optimizer._update_matrix) gathers them with θ and g and writes each rank's part back, so "shampoo_all" passes.
 KNOWN_FAILURES = {}
 RESUME = ["MuonWithAuxAdam", "muon+adamw", "shampoo", "adam"]   # the checkpoint round trip
 
