@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import optbook.muon as M
-from optbook.muon import Muon, newton_schulz, muon_param_groups, muon_with_adamw, lr_ratio, NS_COEFFICIENTS
+from optbook.muon import Muon, MuonWithAuxAdam, newton_schulz, muon_param_groups, muon_with_adamw, lr_ratio, NS_COEFFICIENTS
 
 F64 = torch.float64
 
@@ -463,3 +463,19 @@ def test_normuon_state_dict_resume_batched_and_bad_options():
 def test_defaults_are_still_torch_with_the_options_spelled_out():
     ps, qs, _, _ = run_pair(lambda ps, **kw: Muon(ps, polar_express=False, normuon=False, **kw), lr=0.02)
     assert all(torch.equal(p, q) for p, q in zip(ps, qs))
+
+
+def test_muon_with_aux_adam_takes_the_new_options():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    twin = copy.deepcopy(net)
+    one = MuonWithAuxAdam.for_model(net, muon=dict(lr=0.02, normuon=True, polar_express=True))
+    muon, adamw = muon_with_adamw(twin, muon=dict(normuon=True, polar_express=True))
+    x = torch.randn(5, 6, dtype=F64)
+    for _ in range(3):
+        for m, opts in ((net, (one,)), (twin, (muon, adamw))):
+            for o in opts: o.zero_grad()
+            m(x).square().mean().backward()
+            for o in opts: o.step()
+    assert all(torch.equal(p, q) for p, q in zip(net.parameters(), twin.parameters()))
+    assert "second_momentum_buffer" in one.state[net[0].weight]
