@@ -479,3 +479,15 @@ def test_muon_with_aux_adam_takes_the_new_options():
             for o in opts: o.step()
     assert all(torch.equal(p, q) for p, q in zip(net.parameters(), twin.parameters()))
     assert "second_momentum_buffer" in one.state[net[0].weight]
+
+
+def test_new_options_on_bf16_conv_weights():
+    gen = torch.Generator().manual_seed(8)
+    W = torch.randn(8, 3, 3, 3, generator=gen).bfloat16(); W2 = W.reshape(8, -1).clone()
+    a, b = Muon([W], lr=0.02, normuon=True, polar_express=True), Muon([W2], lr=0.02, normuon=True, polar_express=True)
+    for _ in range(3):
+        g = torch.randn(8, 3, 3, 3, generator=gen).bfloat16()
+        W.grad, W2.grad = g.clone(), g.reshape(8, -1).clone(); a.step(); b.step()
+    assert torch.equal(W.reshape(8, -1), W2) and torch.isfinite(W.float()).all()
+    v = a.state[W]["second_momentum_buffer"]
+    assert v.shape == (8,) and v.dtype == torch.bfloat16
