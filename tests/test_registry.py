@@ -300,6 +300,54 @@ REGISTRY = [
              "test_rule_compiles_and_lr_changes_recompile_nothing": "no per-tensor rule: data-dependent control flow in step()",
              "test_foreach_equals_forloop_bit_for_bit": "no foreach option (as torch's LBFGS)"}),
     # --- end lbfgs ---
+    # --- entries: frontier (chapter 12) ---
+    # References from tests/test_frontier.py: schedulefree 1.4.1's class put in train mode at construction (None when the
+    # test-only package is missing), and the papers' algorithms written without optbook (AdEMAMix's Algorithm 1; SOAP's
+    # dense form, Adam on the pq-vector rotated by B_P ⊗ B_Q). Schedule-Free counts its steps per group, as the package,
+    # so the parameter that gets a gradient only on even steps is covered too.
+    Entry("AdamWScheduleFree", optbook.AdamWScheduleFree, __import__("test_frontier").ScheduleFreeReference, [
+        dict(lr=0.1),
+        dict(lr=0.1, warmup_steps=5, r=1.0),
+        dict(lr=0.05, betas=(0.8, 0.999), weight_decay=1e-9, weight_lr_power=1.0),
+    ], grid=[dict(lr=0.1, betas=(0.8, 0.99), eps=1e-6, weight_decay=w, warmup_steps=ws, r=r)
+             for w, ws, r in itertools.product((0.0, 0.1), (0, 4), (0.0, 1.0))],
+       # quadratic_steps=3000: the answer x_t averages every z_i since the start, so it converges as 1/t after the z's do
+       torch_state=False, complex_ok=False, quadratic_steps=3000, rosenbrock=dict(lr=0.02),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=-1.0), dict(weight_decay=-0.1), dict(betas=(1.0, 0.999)),
+                 dict(betas=(0.0, 0.999)), dict(warmup_steps=-1), dict(r=-1.0)]),
+    Entry("AdEMAMix", optbook.AdEMAMix, __import__("test_frontier").AdEMAMixReference, [
+        dict(lr=0.1, betas=(0.9, 0.999, 0.99)),
+        dict(lr=0.05, betas=(0.9, 0.999, 0.99), t_alpha_beta3=20),
+        dict(lr=0.05, betas=(0.8, 0.99, 0.99), alpha=3.0, t_alpha_beta3=10, weight_decay=1e-9),
+    ], grid=[dict(lr=0.1, betas=(0.8, 0.99, 0.999), eps=1e-6, alpha=a, t_alpha_beta3=T, weight_decay=w, maximize=x)
+             for a, T, w, x in itertools.product((0.0, 5.0), (None, 7), (0.0, 0.1), (False, True))],
+       torch_state=False, quadratic_steps=1000, rosenbrock=dict(lr=0.01, betas=(0.9, 0.999, 0.99)),
+       compile_kw=dict(lr=0.05, alpha=3.0, weight_decay=1e-9),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=-1.0), dict(weight_decay=-0.1), dict(alpha=-1.0),
+                 dict(betas=(0.9, 0.999)), dict(betas=(0.9, 0.999, 1.0)), dict(t_alpha_beta3=0)]),
+    Entry("SOAP", optbook.SOAP, __import__("test_frontier").DenseSOAPReference, [
+        dict(lr=0.1, betas=(0.9, 0.999), weight_decay=0.0),
+        dict(lr=0.05, betas=(0.9, 0.999), precondition_frequency=1, weight_decay=0.0),
+        dict(lr=0.05, betas=(0.9, 0.99), shampoo_beta=0.9, precondition_frequency=3, weight_decay=1e-9),
+    ], grid=[dict(lr=0.1, betas=(0.9, 0.99), eps=1e-6, precondition_frequency=f, shampoo_beta=bs, weight_decay=w, maximize=x)
+             for f, bs, w, x in itertools.product((1, 3), (None, 0.9), (0.0, 0.1), (False, True))],
+       torch_state=False, complex_ok=False, quadratic_steps=1000, rosenbrock=dict(lr=0.01),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=-1.0), dict(weight_decay=-0.1), dict(betas=(1.0, 0.95)),
+                 dict(precondition_frequency=0), dict(shampoo_beta=1.0)],
+       skip={"test_rule_compiles_and_lr_changes_recompile_nothing":
+                 "the bases come from torch.linalg.eigh and QR, refreshed on a data-dependent step test ((t - 1) % f)",
+             "test_state_follows_the_device":
+                 "the refresh's torch.linalg.qr raises under FakeTensorMode 'cuda' on a CPU-only torch build "
+                 "(precondition_frequency=1 reaches it within the check's steps); the state is created on p's device "
+                 "and dtype by init_state, and tests/test_registry.py's CUDA check runs it on a real GPU",
+             "test_closure_and_scheduler_match_reference":
+                 "this closure's gradients leave round-off-sized components in the null space of the rank-one first "
+                 "statistics, which Adam's v then divides by their own size: the dense reference's other round-off "
+                 "grows ~300x per step; tests/test_frontier.py compares with pytorch-optimizer (same order of "
+                 "operations) at 1e-10, and the random-gradient grid here passes at RTOL",
+             "test_checks_catch_a_foreach_path_that_updates_nothing":
+                 "per_matrix: every tensor is updated alone, so there is no foreach path to break (foreach is ignored)"}),
+    # --- end frontier ---
 ]
 
 
@@ -896,6 +944,8 @@ HIDES_NONFINITE = {   # known gaps: the owner's one-line fix turns these into XP
              "(fix: optbook.core.nan_sign(g) for g.sign() in rprop_update)",
     "Lion": "θ − η·sign(c) with torch.sign(nan) = 0: the NaN stays in m only (fix: optbook.core.nan_sign(c) in lion_update)",
     "Shampoo": "torch.linalg.eigh raises LinAlgError on a statistic holding NaN or inf, after P and Q took it in",
+    "SOAP": "step 1 only builds the bases (the authors' convention), and torch.linalg.eigh raises LinAlgError on a "
+            "statistic holding NaN or inf",
     "SOAP": "torch.linalg.eigh raises LinAlgError on a statistic holding NaN or inf (as Shampoo)",
 }
 
