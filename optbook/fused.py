@@ -45,6 +45,10 @@ def kernel(cls: type) -> Callable:
     key = (cls, BACKEND if isinstance(BACKEND, str) else id(BACKEND))
     fn = _kernels.get(key)
     if fn is None:
+        import warnings
+        with warnings.catch_warnings():   # Inductor imports torch.utils.mkldnn, whose class body warns of a torch.jit deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import torch.utils.mkldnn  # noqa: F401
         proxy = cls.__new__(cls)      # the rule reads class attributes only (rule, state_keys); never initialized
         ns: dict = {}
         src = f"def fused_{cls.__name__}(ps, gs, states, h, t):\n    update_batch(proxy, ps, gs, states, h, t)\n"
@@ -76,10 +80,13 @@ def _flat(x: Tensor, cache: bool = True) -> Tensor:
 
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-def _as_tensors(h: dict) -> dict:
-    "Real hyperparameters as 0-dim float64 CPU tensors (a new value is new data, not a new graph); None and bools unchanged."
-    return {k: torch.tensor(float(v), dtype=torch.float64) if _is_number(v)
-            else v.detach().to("cpu", torch.float64).reshape(()) if isinstance(v, Tensor) else v for k, v in h.items()}
+def _as_tensors(h: dict, dtype: torch.dtype = torch.float64) -> dict:
+    """Real hyperparameters as 0-dim CPU tensors of `dtype` (a new value is new data, not a new graph); None and bools unchanged.
+
+    `fused_step` passes float64 for float64 parameters and float32 otherwise: float64 scalars would promote every
+    element of a float32 step to float64 inside the kernel, which then runs several times slower."""
+    return {k: torch.tensor(float(v), dtype=dtype) if _is_number(v)
+            else v.detach().to("cpu", dtype).reshape(()) if isinstance(v, Tensor) else v for k, v in h.items()}
 
 # %% ../nbs/94_perf.ipynb #prf00008
 def _no_duck_shapes():
@@ -94,7 +101,8 @@ def fused_step(opt: Optimizer, group: dict) -> None:
     Parameters are batched by device, dtype, step and state keys, as on the foreach path, and each is seen as a
     1-d view: a kernel depends on how many tensors a call has, not on their shapes. A parameter whose state was
     just created takes the for-loop path for that step, so first-step special cases (SGD's buffer copy) are
-    never compiled; so do parameters of 0 or 1 elements, whose lengths dynamo would specialize. Hyperparameters enter as 0-dim tensors: a scheduler changes data, not code; switching a
+    never compiled; so do parameters of 0 or 1 elements, whose lengths dynamo would specialize. Hyperparameters
+    are float64 for float64 parameters, float32 for the others (see `_as_tensors`). Hyperparameters enter as 0-dim tensors: a scheduler changes data, not code; switching a
     term on or off (a weight decay of 0 is `None` to the rule) compiles once more."""
     batches = defaultdict(list)
     h = opt.hyper(group)
@@ -107,9 +115,17 @@ def fused_step(opt: Optimizer, group: dict) -> None:
         if first or p.numel() <= 1: opt._update_one(p, g, state, h, t, first)   # sizes 0 and 1 would be specialized
         else: batches[(p.device, p.dtype, t, tuple(state))].append(p)
     if not batches: return
-    ht, fn, name = _as_tensors(h), kernel(type(opt)), type(opt).__name__
+    name, native = type(opt).__name__, _torch_kernel(opt)
+    if native is not None:                           # torch's kernel over each batch (it takes any number of tensors)
+        for (device, dtype, t, keys), ps in batches.items():
+            if device.type in ("cpu", "cuda"): native(opt, group, ps, False)
+            else:
+                for p in ps: opt._update_one(p, p.grad, opt.state[p], h, t, False)
+        return
+    fn = kernel(type(opt))
     static = tuple((k, v) for k, v in h.items() if not (_is_number(v) or isinstance(v, Tensor)))
     for (device, dtype, t, keys), ps in batches.items():
+        ht = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
         step = opt.state[ps[0]]["step"] if t is not None else None
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
         for i in range(0, len(ps), CHUNK):
@@ -132,6 +148,42 @@ def step(opt: Optimizer, closure=None):
         opt.check_group(group)
         fused_step(opt, group)
     return loss
+
+# %% ../nbs/94_perf.ipynb #prf00019
+def _torch_kernel(opt) -> Optional[Callable]:
+    """torch's own fused kernel for `opt`'s rule, where torch has one and it is faster (SGD, Adam, AdamW, Adagrad), else None.
+
+    Only for the exact optbook classes (a subclass may change the rule); the equality with the rule is tested in float64.
+    These rules raise β to the power t, which a compiled kernel evaluates for every element (Inductor does not hoist
+    the scalar work out of its loop), several times slower than torch's hand-written kernel."""
+    import optbook
+    cls = type(opt)
+    if cls is optbook.SGD: return _torch_sgd
+    if cls in (optbook.Adam, optbook.AdamW): return _torch_adam
+    if cls is optbook.Adagrad: return _torch_adagrad
+    return None
+
+def _torch_sgd(opt, group, ps, first):
+    momentum = group["momentum"]
+    bufs = [opt.state[p]["momentum_buffer"] for p in ps] if momentum != 0 else []
+    torch._fused_sgd_([_real(p) for p in ps], [_real(p.grad) for p in ps], [_real(b) for b in bufs],
+                      weight_decay=group["weight_decay"], momentum=momentum, lr=group["lr"], dampening=group["dampening"],
+                      nesterov=group["nesterov"], maximize=group["maximize"], is_first_step=first)
+
+def _torch_adam(opt, group, ps, first):
+    beta1, beta2 = group["betas"]
+    st = [opt.state[p] for p in ps]
+    kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+    kernel([_real(p) for p in ps], [_real(p.grad) for p in ps], [_real(s["exp_avg"]) for s in st],
+           [_real(s["exp_avg_sq"]) for s in st], [_real(s["max_exp_avg_sq"]) for s in st] if group["amsgrad"] else [],
+           [s["step"] for s in st], lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+           eps=group["eps"], amsgrad=group["amsgrad"], maximize=group["maximize"])
+
+def _torch_adagrad(opt, group, ps, first):
+    st = [opt.state[p] for p in ps]
+    torch._fused_adagrad_([_real(p) for p in ps], [_real(p.grad) for p in ps], [_real(s["sum"]) for s in st],
+                          [s["step"] for s in st], lr=group["lr"], lr_decay=group["lr_decay"],
+                          weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
 
 # %% ../nbs/94_perf.ipynb #prf00013
 # optimizer -> (the hyperparameters every implementation gets, the number of parameter-sized state tensors it needs)

@@ -539,6 +539,20 @@ def test_foreach_equals_forloop_bit_for_bit(entry, kw):
     assert_states_equal(opt_l.state_dict()["state"], opt_e.state_dict()["state"])
 
 
+@ENTRIES
+def test_fused_equals_forloop(entry):
+    "fused=True (optbook.fused: torch's fused kernel or the compiled rule), two groups, gradients sometimes None: the for-loop's iterates in float64."
+    if "fused" not in inspect.signature(entry.cls).parameters: pytest.skip(f"{entry.name} takes no fused option")
+    if entry.cls.per_matrix:
+        with pytest.raises(NotImplementedError, match="fused"): entry.cls(make_params(entry), fused=True)
+        return
+    kw = entry.compile_kw or entry.settings[-1]
+    loop, _, _ = run(lambda ps: entry.cls(groups(ps, kw), foreach=False, **kw), entry, 6)
+    fused, _, _ = run(lambda ps: entry.cls(groups(ps, kw), fused=True, **kw), entry, 6)
+    for k, (a, b) in enumerate(zip(fused, loop)):
+        for x, y in zip(a, b): torch.testing.assert_close(x, y, rtol=RTOL, atol=ATOL, msg=f"{entry.name}, step {k + 1}")
+
+
 @entry_cases(REGISTRY, "settings")
 @FOREACH
 def test_maximize_on_minus_f_follows_minimize_on_f(entry, kw, foreach):
