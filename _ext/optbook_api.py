@@ -53,6 +53,11 @@ def label_of(module, name, names=()):
     return label
 
 
+def module_label(module):
+    "The label of the chapter that exports `module` (at the top of its page)."
+    return f"api-module-{module}".lower()
+
+
 def name_map(modules, top):
     """Inline code text -> label: `optbook.mod.name`, `mod.name`, `optbook.Name` (top-level), and bare names that are
     top-level or unambiguous and look like API (an underscore or a capital letter)."""
@@ -62,6 +67,7 @@ def name_map(modules, top):
         for n in names:
             out[f"{mod}.{n}"] = out[f"{short}.{n}"] = label_of(mod, n, names)
             bare.setdefault(n, []).append(label_of(mod, n, names))
+    for mod in modules: out[mod] = module_label(mod)     # `optbook.adam`: the chapter that exports the module
     for n in top:
         if n in bare: out[f"{PKG}.{n}"] = out[n] = bare[n][0]
     for n, labels in bare.items():
@@ -97,9 +103,10 @@ def add_labels(app, doctree):
     env, docname = app.env, app.env.docname
     modules, top = env.optbook_api
     stem = pathlib.PurePosixPath(docname).name
-    wanted = {}
+    wanted, mods = {}, []
     for mod, (nb, names) in modules.items():
         if nb == stem:
+            mods.append(mod)
             for n in names:
                 wanted[n] = [label_of(mod, n, names)] + ([f"api-{PKG}.{n}".lower()] if n in top else [])
     if not wanted: return
@@ -122,6 +129,13 @@ def add_labels(app, doctree):
     first = next(iter(doctree.findall(nodes.section)), None)
     for n in wanted:
         if n not in placed and first is not None: place(first, 0, n)
+    if first is not None and first.children:
+        title = first[0].astext() if isinstance(first[0], nodes.title) else docname
+        for mod in mods:
+            lb = module_label(mod)
+            first.insert(1, nodes.target("", "", ids=[nodes.make_id(lb)], names=[lb]))
+            std.labels[lb] = (docname, nodes.make_id(lb), title)
+            std.anonlabels[lb] = (docname, nodes.make_id(lb))
 
 
 def _skip(node):

@@ -14,7 +14,7 @@ SRC = BUILD / "pdfsrc"
 TARGET = "optbook"   # _build/pdfsrc/_build/latex/optbook.pdf, copied to _build/pdf/optbook.pdf
 
 PREAMBLE = r"""
-\usepackage[UTF8, scheme=chinese, heading=false, fontset=none]{ctex}
+\usepackage[UTF8, scheme=chinese, heading=true, fontset=none]{ctex}
 \setCJKmainfont{Noto Serif CJK SC}[BoldFont={Noto Sans CJK SC Bold}]
 \setCJKsansfont{Noto Sans CJK SC}
 \setCJKmonofont{Noto Sans Mono CJK SC}
@@ -30,6 +30,11 @@ PREAMBLE = r"""
 \providecommand{\R}{\mathbb{R}}
 \providecommand{\diag}{\operatorname{diag}}
 \providecommand{\sign}{\operatorname{sign}}
+% sphinx-jupyterbook-latex retitles the contents through babel, which this build does not load (ctex does the job)
+\providecommand{\addto}[2]{}
+\AtBeginDocument{\renewcommand{\contentsname}{目录}}
+% the running head in Chinese (Sphinx's is `Chapter 1. Title`)
+\makeatletter\AtBeginDocument{\renewcommand{\chaptermark}[1]{\markboth{\CTEXthechapter\quad #1}{}}}\makeatother
 """
 
 PLOTLY_NOTE = "（此处是一幅交互图：拖动滑块可看不同超参数下的轨迹。PDF 版无法交互，请在网页版的本章查看。）"
@@ -39,13 +44,13 @@ def latex_config(cfg: dict) -> dict:
     "The book's _config.yml for the PDF: execution off, xelatex + ctex, one document with the book's title."
     cfg = dict(cfg)
     cfg["execute"] = {**cfg.get("execute", {}), "execute_notebooks": "off"}
-    cfg["latex"] = {"latex_engine": "xelatex", "use_jupyterbook_latex": False,
+    cfg["latex"] = {"latex_engine": "xelatex", "use_jupyterbook_latex": True,
                     "latex_documents": {"targetname": TARGET + ".tex"}}
     sphinx = dict(cfg.get("sphinx", {}))
     sphinx["local_extensions"] = {**(sphinx.get("local_extensions") or {}), "optbook_pdf": "_ext"}
     conf = dict(sphinx.get("config", {}))
     conf["latex_elements"] = {"papersize": "a4paper", "pointsize": "11pt", "babel": "", "polyglossia": "",
-                              "fontenc": r"\usepackage{fontspec}", "preamble": PREAMBLE, "figure_align": "H",
+                              "fontenc": r"\usepackage{fontspec}", "fncychap": "", "preamble": PREAMBLE, "figure_align": "H",
                               "sphinxsetup": "verbatimwithframe=false, VerbatimColor={rgb}{0.96,0.96,0.96}",
                               # no general index: makeindex splits the UTF-8 bytes of Chinese terms (the glossary is a chapter)
                               "printindex": ""}
@@ -169,9 +174,9 @@ def fix_math(app, doctree, docname):
 
 
 def _proof_docname(env, node, parent_tag="section"):
-    """sphinx-proof's LaTeX labels name the theorem's document, which it finds through sections that only
-    sphinx-jupyterbook-latex marks (without it every label is `None:...` and each reference prints `??`); the LaTeX
-    builder marks each included document with `start_of_file`, which is what this reads."""
+    """sphinx-proof's LaTeX labels name the theorem's document, which it finds through the sections that
+    sphinx-jupyterbook-latex marks; where that fails (the label would be `None:...` and each reference print `??`),
+    the document is the nearest `start_of_file` node the LaTeX builder wraps each included document in."""
     from sphinx import addnodes
     while node is not None:
         if isinstance(node, addnodes.start_of_file): return node["docname"]
@@ -183,6 +188,18 @@ PROOF_NAMES = {"Theorem": "定理", "Lemma": "引理", "Definition": "定义", "
                "Proposition": "命题", "Remark": "注", "Example": "例", "Conjecture": "猜想", "Criterion": "判据",
                "Axiom": "公理", "Observation": "观察", "Property": "性质", "Assumption": "假设", "Notation": "记号",
                "Proof": "证明"}
+
+
+BBM_SHIM = r"""\ProvidesPackage{bbm}[2024/01/01 optbook shim for mathbbm]
+\providecommand{\mathbbm}[1]{\mathbb{#1}}
+"""
+
+
+def bbm_shim(app, exception):
+    """sphinx-jupyterbook-latex's class loads `bbm` (in texlive-fonts-extra, about 1 GB, for `\mathbbm` alone):
+    a two-line package in the LaTeX folder stands in for it (the book writes `\mathbb`)."""
+    if exception is None and app.builder.format == "latex":
+        (pathlib.Path(app.outdir) / "bbm.sty").write_text(BBM_SHIM, encoding="utf-8")
 
 
 def translate_proofs(app, exception):
@@ -200,8 +217,10 @@ def translate_proofs(app, exception):
 def setup(app):
     "Loaded only by the PDF's configuration (latex_config)."
     import sphinx_proof.nodes
-    sphinx_proof.nodes.find_parent = _proof_docname
+    original = sphinx_proof.nodes.find_parent
+    sphinx_proof.nodes.find_parent = lambda env, node, tag: original(env, node, tag) or _proof_docname(env, node, tag)
     app.connect("build-finished", translate_proofs)
+    app.connect("build-finished", bbm_shim)
     app.connect("doctree-resolved", fix_math)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
 
