@@ -91,8 +91,9 @@ def _as_tensors(h: dict, dtype: torch.dtype = torch.float64) -> dict:
 # %% ../nbs/94_perf.ipynb #prf00008
 def _no_duck_shapes():
     "A context in which dynamo gives every tensor length its own symbol (by default equal lengths share one, and a guard)."
+    import contextlib
     from torch.fx.experimental import _config
-    return _config.patch(use_duck_shape=False)
+    return _config.patch(use_duck_shape=False) if hasattr(_config, "use_duck_shape") else contextlib.nullcontext()
 
 @torch.no_grad()
 def fused_step(opt: Optimizer, group: dict) -> None:
