@@ -123,8 +123,8 @@ def test_api_page_has_every_entry_with_signature_defaults_and_chapter_link():
             if f"{p.name}={shown}" not in re.sub(r"\s+", " ", sig).replace("( ", "("):
                 if f"{p.name}={shown}" not in sig: problems.append(f"{name}: signature lacks {p.name}={shown}")
             if rows.get(p.name) != shown: problems.append(f"{name}: table shows {rows.get(p.name)!r} for {p.name}, not {shown!r}")
-        link = div.find("a", href=re.compile(r"\.html#api-"))
-        if link is None: problems.append(f"{name}: no link to its chapter")
+        link = div.find("a", href=re.compile(r"^[^#]*#api-"))   # another page, or this one (optbook.doc)
+        if link is None: problems.append(f"{name}: no link to its chapter (is the chapter in _toc.yml?)")
         raw = _raw_tex(div)
         if raw: problems.append(f"{name}: raw TeX {raw[:3]}")
     assert not problems, "\n".join(problems[:40])

@@ -53,8 +53,10 @@ def test_every_chapter_title_is_there_and_the_page_count_is_plausible(pdf):
     text, pages = pdf
     flat = squash(text)
     docs = toc_docs()
-    missing = [title(d) for d in docs if squash(title(d)) not in flat]
+    # the root page (前言) is the front matter, whose own title the LaTeX builder leaves out; its sections are there
+    missing = [title(d) for d in docs[1:] if squash(title(d)) not in flat]
     assert not missing, f"chapter titles missing from the PDF: {missing}"
+    assert squash(title(docs[1])) in flat
     assert 10 * len(docs) <= pages <= 3000, pages
 
 
