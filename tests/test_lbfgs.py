@@ -84,6 +84,13 @@ def test_follows_torch_on_a_network_with_state(kw, dtype):
     assert ps[4].grad is None and list(oo.state) == [ps[0]], "state lives under the first parameter only"
 
 
+# optbook.LBFGS follows the torch the suite is written against; an older torch's strong-Wolfe search (`make test-floor`)
+# takes other iterates on Rosenbrock, so the bit-for-bit comparisons with it skip there
+older_wolfe = pytest.mark.skipif(__import__("test_registry").OLDER_TORCH,
+                                 reason=f"torch {torch.__version__}'s strong-Wolfe search differs from the one optbook follows")
+
+
+@older_wolfe
 def test_strong_wolfe_zoom_phase_is_exercised_and_matches():
     "A start far from the minimum with a long first step: the line search brackets and zooms; evaluations agree."
     kw = dict(lr=1, line_search_fn="strong_wolfe", max_iter=30)
@@ -181,7 +188,8 @@ def test_comparison_rejects_mutants(mutant, kw):
 
 
 # The registry's landscape checks, driven with closures (the registry skips them for needs_closure entries)
-@pytest.mark.parametrize("kw", [dict(lr=1, max_iter=20), dict(lr=1, line_search_fn="strong_wolfe")], ids=["fixed", "wolfe"])
+@pytest.mark.parametrize("kw", [dict(lr=1, max_iter=20), pytest.param(dict(lr=1, line_search_fn="strong_wolfe"), marks=older_wolfe)],
+                         ids=["fixed", "wolfe"])
 def test_landscapes_converge_and_follow_torch(kw):
     q = landscapes.quadratic(kappa=10.0, angle=0.3)
     assert (q(landscapes.trajectory(q, lambda ps: LBFGS(ps, **kw), 5)[-1]) - q.f_min).item() < 1e-8
