@@ -191,7 +191,8 @@ def _foreach_method(name: str):
     def method(self, *args, **kwargs):
         try:
             out = fn(self.tensors, *map(_unwrap, args), **{k: _unwrap(v) for k, v in kwargs.items()})
-        except NotImplementedError:  # DTensor shards (FSDP2) on a torch whose DTensor lacks this foreach op
+        except (NotImplementedError, AssertionError):  # DTensor shards (FSDP2) on a torch whose DTensor lacks this
+            # foreach op (torch 2.6 asserts 'found no DeviceMesh' for _foreach_sign instead of raising NotImplementedError)
             if not any(_is_dtensor(t) for t in self.tensors): raise
             return self._each(getattr(Tensor, name), (self, *args), kwargs, inplace=inplace)
         return self if inplace else TensorList(out)
