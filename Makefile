@@ -27,7 +27,7 @@ BOOK_OPTS := -W -n --keep-going
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: book test unit booktest export colab-wheel check-export nbtest pytest bench debs venv mathjax clean pdf
+.PHONY: test-floor book test unit booktest export colab-wheel check-export nbtest pytest bench debs venv mathjax clean pdf
 
 # BOOK_ALL=--all re-reads (so re-executes) every page; plain `make book` rebuilds the changed pages only.
 BOOK_ALL ?=
@@ -131,6 +131,26 @@ pytest: venv
 
 # The benchmark of the book's performance appendix (not a test): BENCH_OPTS="--quick" or "--device cuda", ...
 BENCH_OPTS ?=
+# The torch floor, tested: the optimizer tests (the registry, each chapter's optimizer tests, the core, the protocol)
+# on the oldest torch settings.ini allows and on Colab's, each in its own venv (.venv-torch-VERSION) with the default
+# PyPI build and its CUDA libraries (torch imports them even on a CPU; no multi-GB download is repeated once the venv
+# exists). optbook itself comes from this tree (PYTHONPATH). The compile checks are left out: they test torch.compile,
+# not optbook, and take minutes each on 2 cores. Not part of `make test`; CI runs it after (.ci/run).
+FLOOR_TORCH ?= 2.6.0 2.11.0
+FLOOR_TESTS := tests/test_core.py tests/test_registry.py tests/test_sgd.py tests/test_adaptive.py tests/test_adam.py \
+               tests/test_shampoo.py tests/test_sign.py tests/test_muon.py tests/test_lbfgs.py tests/test_compare.py
+test-floor:
+	@for v in $(FLOOR_TORCH); do \
+	  venv=.venv-torch-$$v; start=$$(date +%s); \
+	  if [ ! -f $$venv/.installed ]; then \
+	    echo "Setting up $$venv (torch==$$v from PyPI)"; rm -rf $$venv; python3 -m venv $$venv; \
+	    $$venv/bin/pip install -q "torch==$$v" numpy pytest hypothesis tqdm; \
+	    $$venv/bin/pip install -q --no-deps lion-pytorch; touch $$venv/.installed; fi; \
+	  echo "torch $$v:"; \
+	  PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -q -p no:cacheprovider -k "not compile" $(FLOOR_TESTS) || exit 1; \
+	  echo "make test-floor: torch $$v passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
 bench: venv export
 	$(PY) tests/bench.py $(BENCH_OPTS)
 
