@@ -95,6 +95,7 @@ def _no_duck_shapes():
     from torch.fx.experimental import _config
     return _config.patch(use_duck_shape=False) if hasattr(_config, "use_duck_shape") else contextlib.nullcontext()
 
+@torch.compiler.disable   # inside a compiled training step: run here, as itself (its kernels are compiled already)
 @torch.no_grad()
 def fused_step(opt: Optimizer, group: dict) -> None:
     """One step of `group` on the fused path: the rule compiled over up to `CHUNK` parameters per call.
