@@ -6,7 +6,7 @@ executed notebooks of `_build/jupyter_execute` (outputs, figures and glue values
 the book's with execution off and the LaTeX settings below. Interactive plotly figures (HTML only; LaTeX cannot show
 them) get a static rendition: small multiples of the slider's settings (`small_multiples`).
 """
-import json, pathlib, shutil, sys
+import json, pathlib, re, shutil, sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build"
@@ -20,9 +20,8 @@ PREAMBLE = r"""
 \setCJKmonofont{Noto Sans Mono CJK SC}
 \setmonofont{DejaVu Sans Mono}[Scale=MatchLowercase]
 \usepackage{newunicodechar}
-\newfontfamily\optbookfallback{FreeSerif}
-\newunicodechar{𝓛}{{\optbookfallback\upshape\symbol{"1D4DB}}}
-\newunicodechar{ℓ}{{\optbookfallback\upshape\symbol{"2113}}}
+\newfontfamily\optbookfallback{Latin Modern Math}
+%(fallbacks)s
 \usepackage{amsmath,amssymb}
 \providecommand{\argmin}{\operatorname*{arg\,min}}
 \providecommand{\argmax}{\operatorname*{arg\,max}}
@@ -36,6 +35,12 @@ PREAMBLE = r"""
 % the running head in Chinese (Sphinx's is `Chapter 1. Title`)
 \makeatletter\AtBeginDocument{\renewcommand{\chaptermark}[1]{\markboth{\CTEXthechapter\quad #1}{}}}\makeatother
 """
+
+# Characters the text and code fonts lack (the log's "Missing character" lines): typeset from Latin Modern Math.
+# Script and bold-script capitals (𝓛, 𝒯, ...), ℓ, ⪯ ⪰ (Loewner order).
+FALLBACK = "ℓ⪯⪰" + "".join(chr(c) for c in range(0x1D49C, 0x1D504))
+PREAMBLE = PREAMBLE.replace("%(fallbacks)s", "\n".join(
+    '\\newunicodechar{%s}{{\\optbookfallback\\upshape\\symbol{"%X}}}' % (ch, ord(ch)) for ch in FALLBACK))
 
 PLOTLY_NOTE = "（此处是一幅交互图：拖动滑块可看不同超参数下的轨迹。PDF 版无法交互，请在网页版的本章查看。）"
 
@@ -136,6 +141,9 @@ def small_multiples(html: str, panels: int = 6) -> bytes:
     return buf.getvalue()
 
 
+HTML_NOTE = "（此处在网页版中是一段交互内容，PDF 版从略。）"
+
+
 def static_outputs(nb: dict) -> int:
     """Give interactive (plotly, HTML-only) outputs a static rendition for the PDF: small multiples of the slider's
     settings (`small_multiples`), or a note pointing to the web page if the figure cannot be read. Returns the count."""
@@ -154,6 +162,17 @@ def static_outputs(nb: dict) -> int:
                     out["data"] = {"text/markdown": PLOTLY_NOTE, "text/plain": PLOTLY_NOTE}
                 out.setdefault("metadata", {})
                 n += 1
+            elif html and not any(k.startswith("image/") for k in data) and \
+                    "".join(data.get("text/plain", "")).startswith("<IPython.core.display.HTML"):
+                # an animation (matplotlib's to_jshtml: its frames are PNGs in the page): its last frame
+                frames = re.findall(r"data:image/(png|jpeg);base64,([A-Za-z0-9+/=\\\n]+)", html)
+                if frames:
+                    kind, b64 = frames[-1]
+                    out["data"] = {f"image/{kind}": re.sub(r"[^A-Za-z0-9+/=]", "", b64),
+                                   "text/plain": "<animation: last frame>"}
+                else:
+                    out["data"] = {"text/markdown": HTML_NOTE, "text/plain": HTML_NOTE}
+                n += 1
     return n
 
 
@@ -171,6 +190,34 @@ def fix_math(app, doctree, docname):
         text = node.astext()
         new = re.sub(r"\\(begin|end)\{(align\*?|gather\*?|alignat\*?)\}", lambda m: f"\\{m.group(1)}{{{_ENVS[m.group(2)]}}}", text)
         if new != text: node.children = [nodes.Text(new)]
+
+
+_GREEK = dict(alpha="α", beta="β", gamma="γ", delta="δ", epsilon="ϵ", varepsilon="ε", zeta="ζ", eta="η", theta="θ",
+              iota="ι", kappa="κ", lambda_="λ", mu="μ", nu="ν", xi="ξ", pi="π", rho="ρ", sigma="σ", tau="τ",
+              phi="ϕ", varphi="φ", chi="χ", psi="ψ", omega="ω", Gamma="Γ", Delta="Δ", Theta="Θ", Lambda="Λ",
+              Sigma="Σ", Phi="Φ", Psi="Ψ", Omega="Ω", nabla="∇", infty="∞", ell="ℓ", cdot="·", times="×",
+              leftarrow="←", to="→", approx="≈", le="≤", ge="≥", sqrt="√")
+
+
+def pdf_text(tex: str) -> str:
+    "A plain-text stand-in for inline math in a heading, for the PDF's bookmarks (`\\texorpdfstring`)."
+    import re
+    out = re.sub(r"\\mathcal\{L\}", "𝓛", tex)
+    out = re.sub(r"\\([A-Za-z]+)", lambda m: _GREEK.get(m.group(1), _GREEK.get(m.group(1) + "_", "")), out)
+    return re.sub(r"[{}\\$%#&~]", "", out).strip()
+
+
+def fix_title_math(app, doctree, docname):
+    """LaTeX builder only: inline math in a heading goes into the PDF's bookmarks too, where unicode-math's symbols are
+    errors (`Improper alphabetic constant`): wrap it in `\\texorpdfstring` with a plain-text stand-in."""
+    if app.builder.format != "latex": return
+    from docutils import nodes
+    for math in list(doctree.findall(nodes.math)):
+        p = math.parent
+        while p is not None and not isinstance(p, nodes.title): p = p.parent
+        if p is None: continue
+        tex = math.astext()
+        math.replace_self(nodes.raw("", "\\texorpdfstring{\\(%s\\)}{%s}" % (tex, pdf_text(tex)), format="latex"))
 
 
 def _proof_docname(env, node, parent_tag="section"):
@@ -221,6 +268,7 @@ def setup(app):
     sphinx_proof.nodes.find_parent = lambda env, node, tag: original(env, node, tag) or _proof_docname(env, node, tag)
     app.connect("build-finished", translate_proofs)
     app.connect("build-finished", bbm_shim)
+    app.connect("doctree-resolved", fix_title_math)
     app.connect("doctree-resolved", fix_math)
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
 
