@@ -218,7 +218,7 @@ class _Stepper:
 
 def implementations(name: str,                   # an optimizer both optbook and (maybe) torch.optim have
                     compile_torch: bool = True,  # include torch.compile of torch.optim's step (seconds of warm-up)
-                    peers: tuple = ()) -> dict:  # extra peers to try: "lion-pytorch"
+                    peers: tuple = ()) -> dict:  # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
     "Implementation name -> constructor(params) of an object with `.step()` and `.state`, optbook's paths and the peers'."
     import optbook
     kw = BENCH_SPECS[name][0]
@@ -242,6 +242,15 @@ def implementations(name: str,                   # an optimizer both optbook and
     if name == "Lion" and "lion-pytorch" in peers:
         from lion_pytorch import Lion as LionPytorch
         out["lion-pytorch"] = lambda ps: LionPytorch(ps, **kw)
+    if "pytorch-optimizer" in peers:      # its class of the same name, where it has one (timed, not checked for equality)
+        import inspect, pytorch_optimizer
+        pcls = getattr(pytorch_optimizer, name, None)
+        if pcls is not None and name not in ("SGD", "Adam", "Adagrad", "RMSprop", "Adadelta", "Adamax", "Rprop"):
+            pkw = {k: v for k, v in kw.items() if k in inspect.signature(pcls).parameters}
+            out["pytorch-optimizer"] = lambda ps: pcls(ps, **pkw)
+    if name == "AdamW" and "heavyball" in peers:   # heavyball's compiled AdamW; it sets p.grad to None after a step
+        import heavyball
+        out["heavyball"] = lambda ps: heavyball.AdamW(ps, lr=kw["lr"], betas=(0.9, 0.999), weight_decay=kw["weight_decay"])
     return out
 
 def bench_params(n_params: int, n_tensors: int, device="cpu", seed: int = 0) -> list:

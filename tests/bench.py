@@ -67,13 +67,9 @@ def main(argv=None):
     if args.heavyball_shape: args.params, args.tensors = 32 * 2048 * 2048, 32
     if device.type == "cuda" and not torch.cuda.is_available(): sys.exit("bench: --device cuda, but there is no CUDA device")
     peers = []
-    try:
-        import lion_pytorch  # noqa: F401
-        peers.append("lion-pytorch")
-    except ImportError: print("bench: lion-pytorch is not installed; Lion is compared with torch-free paths only")
-    for missing in ("pytorch_optimizer", "heavyball"):
-        try: __import__(missing)
-        except ImportError: print(f"bench: {missing} is not installed; not compared")
+    for module, peer in (("lion_pytorch", "lion-pytorch"), ("pytorch_optimizer", "pytorch-optimizer"), ("heavyball", "heavyball")):
+        try: __import__(module); peers.append(peer)
+        except ImportError: print(f"bench: {peer} is not installed; not compared (pip install {peer})")
     names = [n for n in args.optimizers.split(",") if n]
     n = int(args.params)
     print(f"bench: {n / 1e6:.1f}M fp32 parameters in {args.tensors} tensors on {device}, {args.rounds} rounds "
