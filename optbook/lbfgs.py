@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from .core import Optimizer, check_nonneg
+from .core import Optimizer, check_int, check_nonneg
 
 # %% auto #0
 __all__ = ['two_loop', 'cubic_min', 'strong_wolfe', 'LBFGS']
@@ -162,11 +162,10 @@ class LBFGS(Optimizer):
                  line_search_fn: str | None = None):  # None (fixed step α = η) or "strong_wolfe"
         if isinstance(lr, Tensor) and lr.numel() != 1: raise ValueError(f"Invalid lr: a tensor lr must have one element, got shape {tuple(lr.shape)}")
         check_nonneg("lr", lr)
-        if max_iter < 1: raise ValueError(f"Invalid max_iter: {max_iter!r} (must be >= 1)")
-        if max_eval is None: max_eval = max_iter * 5 // 4
-        if max_eval < 1: raise ValueError(f"Invalid max_eval: {max_eval!r} (must be >= 1)")
+        max_iter = check_int("max_iter", max_iter)             # an int >= 1: 2.5 or "25" is refused here, not at a step
+        max_eval = max_iter * 5 // 4 if max_eval is None else check_int("max_eval", max_eval)
         check_nonneg("tolerance_grad", tolerance_grad); check_nonneg("tolerance_change", tolerance_change)
-        if history_size < 1: raise ValueError(f"Invalid history_size: {history_size!r} (must be >= 1)")
+        history_size = check_int("history_size", history_size)
         if line_search_fn not in (None, "strong_wolfe"):
             raise ValueError(f"Invalid line_search_fn: {line_search_fn!r} (must be None or 'strong_wolfe')")
         super().__init__(params, dict(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
@@ -213,6 +212,7 @@ class LBFGS(Optimizer):
                                "Pass step(closure), where closure() calls zero_grad(), computes the loss, calls "
                                "loss.backward() and returns the loss.")
         group = self.param_groups[0]
+        self.check_group(group)                      # the core's step-time type check (its own step does not run here)
         eta, r = group["lr"], group["history_size"]
         state = self.state[self._params()[0]]
         state.setdefault("func_evals", 0); state.setdefault("n_iter", 0)

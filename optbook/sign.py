@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Optimizer, TensorList, check_betas, check_nonneg, off
+from .core import Optimizer, TensorList, check_betas, check_nonneg, nan_sign, off
 
 # %% auto #0
 __all__ = ['rprop_update', 'Rprop', 'lion_update', 'Lion']
@@ -29,8 +29,9 @@ def rprop_update(
     s = (g * g_prev).sign()                                  # +1: same sign as last step; −1: flipped; 0: either is 0
     zeta = torch.where(s > 0, zeta_plus, torch.where(s < 0, zeta_minus, s + 1))   # s = 0 → 1 (and nan stays nan, as in torch)
     sigma.mul_(zeta).clamp_min_(sigma_min).clamp_max_(sigma_max)   # σ ← min(max(σ·ζ, σ_min), σ_max)
-    g = g.masked_fill(s < 0, 0)                              # after a flip: no move now, and no sign to compare next step
-    p.addcmul_(g.sign(), sigma, value=-1)                    # θ ← θ − σ·sign(g)
+    g = g.masked_fill((s < 0).logical_and_(g.isfinite()), 0)  # after a flip: no move now, and no sign to compare next step
+                                                             # (an ±inf is kept, to show in θ: torch's Rprop drops it here)
+    p.addcmul_(nan_sign(g), sigma, value=-1)                 # θ ← θ − σ·sign(g); NaN where g is not finite
     g_prev.copy_(g)                                          # ǧ ← g
 
 # %% ../nbs/06_sign.ipynb #e8cae9d7
@@ -66,7 +67,9 @@ class Rprop(Optimizer):
       and the clip is applied at every step, also when $\zeta_t = 1$;
     - `lr` only sets $\sigma_0$: changing it later (a scheduler) has no effect on parameters that already have state;
     - complex parameters are updated as real pairs (both parts start at $\sigma_0 = \eta$);
-    - `capturable=True` is refused (use `torch.optim.Rprop`); `differentiable=True` is refused.
+    - `capturable=True` is refused (use `torch.optim.Rprop`); `differentiable=True` is refused;
+    - non-finite gradients (the core's policy): a NaN or ±inf gradient entry makes its parameter NaN, also after a sign
+      flip, where torch hides it (sign(NaN) = 0, sign(±inf) = ±1, the flip zeroes it); finite gradients give torch's iterates.
 
     References: Riedmiller & Braun (1993), RPROP; Igel & Hüsken (2000), iRprop−.
     """
@@ -125,7 +128,7 @@ def lion_update(
     if maximize: g = -g
     if lam is not None: p.mul_(1 - eta * lam)           # θ ← (1 − ηλ)θ
     c = m.mul(beta1).add_(g, alpha=1 - beta1)          # c = β₁m + (1 − β₁)g   (a temporary, not state)
-    p.add_(c.sign_(), alpha=-eta)                      # θ ← θ − η·sign(c)
+    p.add_(nan_sign(c), alpha=-eta)                    # θ ← θ − η·sign(c); NaN where c is not finite
     m.mul_(beta2).add_(g, alpha=1 - beta2)             # m ← β₂m + (1 − β₂)g   (after the sign: m_{t−1} went into c)
 
 # %% ../nbs/06_sign.ipynb #3e47ff58
@@ -155,8 +158,10 @@ class Lion(Optimizer):
     `lr` given to the constructor: Loshchilov and Hutter's form, which follows a schedule η/η₀ but not the base η
     (the same iterates as the default with λ/η₀ in place of λ); complex parameters are
     updated as real pairs (lion-pytorch's `sgn` would use $z/\lvert z\rvert$); `foreach`, `maximize`, `differentiable`,
-    `fused` are torch's keyword-only options (the last two refused); lion-pytorch's `use_triton` is not offered.
+    `fused` are torch's keyword-only options (`differentiable=True` refused; `fused=True` runs the core's fused path, optbook.fused); lion-pytorch's `use_triton` is not offered.
     torch.optim has no Lion. With $\beta_1 = \beta_2$ Lion is Signum (`SignSGD` with momentum).
+    Non-finite gradients (the core's policy): a NaN or ±inf in $c_t$ makes its parameter NaN (lion-pytorch's `sign`
+    gives 0 for NaN and so hides it); finite gradients give lion-pytorch's iterates.
 
     References: Chen, Liang, Huang et al. (2023), Symbolic Discovery of Optimization Algorithms.
     """
@@ -172,7 +177,7 @@ class Lion(Optimizer):
                  maximize: bool = False,          # maximize the objective instead of minimizing it
                  foreach: bool | None = None,     # multi-tensor path; None: on for CUDA, off on CPU
                  differentiable: bool = False,    # not supported (raises)
-                 fused: bool | None = None):      # not supported yet (raises if True)
+                 fused: bool | None = None):      # the core's fused path (optbook.fused): the same rule compiled
         check_nonneg("lr", lr); check_nonneg("weight_decay", weight_decay)
         try: check_betas(betas)
         except (ValueError, TypeError) as err: raise ValueError(f"Invalid betas: {betas!r}: {err}") from None

@@ -136,6 +136,44 @@ def test_refuses_groups_sparse_and_unknown_line_search():
     with pytest.raises(RuntimeError, match="sparse"): opt.step(closure)
 
 
+@pytest.mark.parametrize("name, bad, err", [
+    ("max_iter", 2.5, ValueError), ("max_iter", 2.0, ValueError), ("max_iter", True, TypeError), ("max_iter", "3", TypeError),
+    ("history_size", 2.5, ValueError), ("history_size", "100", TypeError), ("history_size", 0, ValueError),
+    ("max_eval", "25", TypeError), ("max_eval", 2.5, ValueError), ("max_eval", 0, ValueError)])
+def test_integer_arguments_are_checked_at_construction_by_name(name, bad, err):
+    "max_iter, history_size and max_eval are ints >= 1: a float, a bool or a string is refused at once, naming the argument."
+    with pytest.raises(err, match=f"Invalid {name}"): LBFGS([torch.zeros(2, requires_grad=True)], **{name: bad})
+
+
+def test_integer_arguments_accept_integer_types_and_max_eval_none():
+    np = pytest.importorskip("numpy")
+    x = torch.zeros(2, requires_grad=True)
+    opt = LBFGS([x], max_iter=np.int64(4), history_size=np.int32(3), max_eval=None)
+    g = opt.param_groups[0]
+    assert (g["max_iter"], g["history_size"], g["max_eval"]) == (4, 3, 5)      # max_eval: max_iter * 5 // 4, as torch
+    assert all(type(g[k]) is int for k in ("max_iter", "history_size", "max_eval"))
+    assert LBFGS([x], max_eval=7).param_groups[0]["max_eval"] == 7
+
+
+def test_step_checks_the_group_written_in_later():
+    "LBFGS has its own step: it calls the core's check_group, so a string put into the group later is refused by name."
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    opt = LBFGS([x])
+    def closure():
+        opt.zero_grad(); l = (x ** 2).sum(); l.backward(); return l
+    opt.param_groups[0]["lr"] = "0.5"
+    with pytest.raises(TypeError, match="Invalid lr"): opt.step(closure)
+    assert torch.equal(x.detach(), torch.tensor([1.0, -2.0])), "nothing moved"
+    opt.param_groups[0]["lr"] = 0.5
+    opt.step(closure)
+    y = torch.tensor([1.0, -2.0], requires_grad=True)
+    ref = torch.optim.LBFGS([y], lr=0.5)
+    def ref_closure():
+        ref.zero_grad(); l = (y ** 2).sum(); l.backward(); return l
+    ref.step(ref_closure)
+    assert torch.equal(x.detach(), y.detach()) and (x.detach().abs() < 1e-4).all(), "repaired, the step is torch's"
+
+
 def clone_problem(ps_src):
     "A fresh copy of the network problem whose parameters equal `ps_src`."
     ps, loss_fn = net_problem()

@@ -36,6 +36,9 @@ from optbook import landscapes
 from optbook.core import TensorList, compile_update, hyper_tensors
 
 F64 = torch.float64
+# The torch the suite is written against; `make test-floor` runs it on older ones, where a few checks relax (by name)
+DEV_TORCH = (2, 13)
+OLDER_TORCH = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < DEV_TORCH
 RTOL, ATOL = 1e-12, 1e-15        # reference comparisons in float64; the mutants below must fail them
 pytestmark = [pytest.mark.filterwarnings("error"),  # a diverging run or a deprecation is a failure here ...
               # ... except torch's own, raised inside torch.load on torch < 2.2 (`make test-floor`), not by optbook
@@ -96,6 +99,10 @@ class Entry:
         # An older torch (`make test-floor`) may lack options that the registry compares (Adam's decoupled_weight_decay
         # before 2.6, NAdam's maximize before 2.2, ...): the reference then skips those cases by name instead of failing.
         # On the torch this project develops against every option exists and the reference is left untouched.
+        if self.reference is None: self.torch_state = False   # (no torch class to swap state_dicts with)
+        if OLDER_TORCH and self.name == "LBFGS":
+            self.skip.setdefault("test_follows_reference_on_landscapes", f"optbook.LBFGS follows torch {DEV_TORCH}'s "
+                                 f"strong-Wolfe search; torch {torch.__version__}'s takes other iterates on Rosenbrock")
         if self.reference is None or not isinstance(self.reference, type): return
         params = inspect.signature(self.reference).parameters
         if any(p.kind == p.VAR_KEYWORD for p in params.values()): return
@@ -108,7 +115,8 @@ class Entry:
             absent = sorted(k for k in kw if k not in params)
             if absent: pytest.skip(f"torch {torch.__version__}'s {ref.__name__} has no option {', '.join(absent)}")
             ref.__init__(obj, *args, **kw)
-        self.reference = type(ref.__name__, (ref,), {"__init__": __init__, "__module__": ref.__module__})
+        self.reference = type(ref.__name__, (ref,), {"__init__": __init__, "__module__": ref.__module__,
+                                                     "__signature__": inspect.signature(ref)})
 
 
 SGD_GRID = [dict(lr=0.1, momentum=m, dampening=d, nesterov=n, weight_decay=w, maximize=x)
@@ -647,13 +655,17 @@ def test_state_dicts_swap_with_torch(entry, kw, foreach):
                          ids=lambda e: e.name)
 def test_signature_and_defaults_match_torch(entry):
     ours, ref = inspect.signature(entry.cls), inspect.signature(entry.reference)
-    assert list(ours.parameters) == list(ref.parameters)
+    # On the torch this project develops against the signatures are identical; an older torch (`make test-floor`) may
+    # lack options that torch added later (AdamW's decoupled_weight_decay, ...), which optbook keeps: only those may differ.
+    newer = [n for n in ours.parameters if n not in ref.parameters] if OLDER_TORCH else []
+    assert [n for n in ours.parameters if n not in newer] == list(ref.parameters)
     for name, p in ref.parameters.items():
         assert ours.parameters[name].kind == p.kind, name
         assert ours.parameters[name].default == p.default, (name, ours.parameters[name].default, p.default)
     a = entry.cls(make_params(entry)[:1]).param_groups[0]
     b = entry.reference(make_params(entry)[:1]).param_groups[0]
-    assert {k: v for k, v in a.items() if k != "params"} == {k: v for k, v in b.items() if k != "params"}
+    shared = (a.keys() & b.keys()) if OLDER_TORCH else a.keys() | b.keys()
+    assert {k: a.get(k) for k in shared if k not in ("params", *newer)} == {k: b.get(k) for k in shared if k != "params"}
 
 
 @pytest.mark.parametrize("entry,bad", [(e, b) for e in REGISTRY for b in e.bad_args],
@@ -954,9 +966,6 @@ def test_another_optimizers_state_dict_is_refused_and_changes_nothing(entry):
 
 NONFINITE = pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
 HIDES_NONFINITE = {   # known gaps: the owner's one-line fix turns these into XPASS, a failure, so the entry goes
-    "Rprop": "θ − σ·sign(g) with torch.sign(nan) = 0 and sign(±inf) = ±1: the NaN stays in ǧ only "
-             "(fix: optbook.core.nan_sign(g) for g.sign() in rprop_update)",
-    "Lion": "θ − η·sign(c) with torch.sign(nan) = 0: the NaN stays in m only (fix: optbook.core.nan_sign(c) in lion_update)",
     "Shampoo": "torch.linalg.eigh raises LinAlgError on a statistic holding NaN or inf, after P and Q took it in",
     "SOAP": "step 1 only builds the bases (the authors' convention), and torch.linalg.eigh raises LinAlgError on a "
             "statistic holding NaN or inf",

@@ -9,6 +9,8 @@
   is Loshchilov–Hutter's (1 − (η/η₀)λ), both equal to lion-pytorch's, and equal to each other with λ' = η₀λ;
 - Lion with β₁ = β₂² is the sign of torch's Nesterov direction; Rprop's step sizes shrink by 0.6^(1/3) per step on pure noise;
 - signatures: Rprop's equals torch.optim.Rprop's, Lion's shared arguments equal lion-pytorch's; the options refused.
+- the core's NaN policy through nan_sign: a NaN or ±inf gradient makes its coordinate NaN (also after an Rprop sign
+  flip), in both paths, while the other coordinates stay equal to torch's and lion-pytorch's.
 """
 import inspect
 
@@ -173,7 +175,7 @@ def test_signatures():
 
 @pytest.mark.parametrize("make,err", [
     (lambda ps: Rprop(ps, capturable=True), "capturable"), (lambda ps: Rprop(ps, differentiable=True), "differentiable"),
-    (lambda ps: Lion(ps, fused=True), "fused"), (lambda ps: Lion(ps, differentiable=True), "differentiable"),
+    (lambda ps: Lion(ps, fused=True, foreach=True), "fused"), (lambda ps: Lion(ps, differentiable=True), "differentiable"),
     (lambda ps: Lion(ps, lr=0.0, decoupled_weight_decay=True), "lr"), (lambda ps: Rprop(ps, etas=(0.5,)), "etas")])
 def test_refused_options_say_why(make, err):
     with pytest.raises((ValueError, NotImplementedError), match=err):
@@ -239,3 +241,28 @@ def test_rprop_step_sizes_shrink_by_the_cube_root_of_0_6_on_noise():
                      sigma_min=0.0, sigma_max=math.inf, maximize=False)
     factor = math.exp(sigma.log().mean().item() / steps)
     assert abs(factor - 0.6 ** (1 / 3)) < 3e-3 and abs(factor - 0.6 ** 0.5) > 0.05
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["forloop", "foreach"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize("which", ["Rprop", "Lion"])
+def test_a_nonfinite_gradient_makes_only_its_coordinate_nan_and_the_rest_follows_the_reference(which, bad, foreach):
+    "The core's policy through nan_sign: torch's sign would hide NaN (sign = 0) and ±inf (sign = ±1); the other coordinates are the reference's."
+    cls, ref, kw = (Rprop, torch.optim.Rprop, RPROP_KW) if which == "Rprop" else (Lion, LionReference, LION_KW)
+    gen = torch.Generator().manual_seed(1)
+    start = [torch.randn(5, generator=gen, dtype=F64), torch.randn(2, 3, generator=gen, dtype=F64)]
+    grads = [[torch.randn(x.shape, generator=gen, dtype=F64) for x in start] for _ in range(3)]
+    grads[1][0][2] = bad
+    paths = []
+    for c in (cls, ref):
+        ps = [x.clone().requires_grad_() for x in start]
+        opt = c(ps, foreach=foreach, **kw)
+        for gs in grads:
+            for p, g in zip(ps, gs): p.grad = g.clone()
+            opt.step()
+        paths.append([p.detach() for p in ps])
+    (a0, a1), (b0, b1) = paths
+    assert a0[2].isnan(), f"{which}: a {bad} gradient must make its parameter NaN"
+    keep = torch.arange(5) != 2
+    assert torch.equal(a0[keep], b0[keep]) and torch.equal(a1, b1)
+    if bad != bad: assert not b0[2].isnan(), "the reference hides it (else this test shows nothing)"
