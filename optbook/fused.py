@@ -117,16 +117,14 @@ def fused_step(opt: Optimizer, group: dict) -> None:
         if first or p.numel() <= 1: opt._update_one(p, g, state, h, t, first)   # sizes 0 and 1 would be specialized
         else: batches[(p.device, p.dtype, t, tuple(state))].append(p)
     if not batches: return
-    name, native = type(opt).__name__, _torch_kernel(opt)
-    if native is not None:                           # torch's kernel over each batch (it takes any number of tensors)
-        for (device, dtype, t, keys), ps in batches.items():
-            if device.type in ("cpu", "cuda"): native(opt, group, ps, False)
-            else:
-                for p in ps: opt._update_one(p, p.grad, opt.state[p], h, t, False)
-        return
-    fn = kernel(type(opt))
+    name, fn = type(opt).__name__, None
     static = tuple((k, v) for k, v in h.items() if not (_is_number(v) or isinstance(v, Tensor)))
     for (device, dtype, t, keys), ps in batches.items():
+        native = _torch_kernel(opt, device)
+        if native is not None:                       # torch's kernel over the whole batch (it takes any number of tensors)
+            native(opt, group, ps, False)
+            continue
+        fn = fn or kernel(type(opt))
         ht = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
         step = opt.state[ps[0]]["step"] if t is not None else None
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
@@ -152,17 +150,18 @@ def step(opt: Optimizer, closure=None):
     return loss
 
 # %% ../nbs/94_perf.ipynb #prf00019
-def _torch_kernel(opt) -> Optional[Callable]:
-    """torch's own fused kernel for `opt`'s rule, where torch has one and it is faster (SGD, Adam, AdamW, Adagrad), else None.
+def _torch_kernel(opt, device: torch.device) -> Optional[Callable]:
+    """torch's own fused kernel for `opt`'s rule on `device`, where torch has one (SGD, Adam, AdamW on CPU and CUDA; Adagrad on CPU), else None.
 
     Only for the exact optbook classes (a subclass may change the rule); the equality with the rule is tested in float64.
     These rules raise β to the power t, which a compiled kernel evaluates for every element (Inductor does not hoist
     the scalar work out of its loop), several times slower than torch's hand-written kernel."""
     import optbook
-    cls = type(opt)
+    cls, kind = type(opt), torch.device(device).type
+    if kind not in ("cpu", "cuda"): return None
     if cls is optbook.SGD: return _torch_sgd
     if cls in (optbook.Adam, optbook.AdamW): return _torch_adam
-    if cls is optbook.Adagrad: return _torch_adagrad
+    if cls is optbook.Adagrad and kind == "cpu": return _torch_adagrad   # torch's fused Adagrad is CPU-only
     return None
 
 def _torch_sgd(opt, group, ps, first):
@@ -218,7 +217,8 @@ class _Stepper:
 
 def implementations(name: str,                   # an optimizer both optbook and (maybe) torch.optim have
                     compile_torch: bool = True,  # include torch.compile of torch.optim's step (seconds of warm-up)
-                    peers: tuple = ()) -> dict:  # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
+                    peers: tuple = (),           # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
+                    device="cpu") -> dict:  # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
     "Implementation name -> constructor(params) of an object with `.step()` and `.state`, optbook's paths and the peers'."
     import optbook
     kw = BENCH_SPECS[name][0]
@@ -233,7 +233,8 @@ def implementations(name: str,                   # an optimizer both optbook and
     if tcls is not None:
         out["torch for-loop"] = lambda ps: tcls(ps, **kw, foreach=False)
         out["torch foreach"] = lambda ps: tcls(ps, **kw, foreach=True)
-        if name in TORCH_FUSED: out["torch fused"] = lambda ps: tcls(ps, **kw, fused=True)
+        if name in TORCH_FUSED and (name != "Adagrad" or torch.device(device).type == "cpu"):   # fused Adagrad: CPU only
+            out["torch fused"] = lambda ps: tcls(ps, **kw, fused=True)
         if compile_torch:
             def compiled(ps):
                 opt = tcls(ps, **kw)
@@ -261,14 +262,14 @@ def bench_params(n_params: int, n_tensors: int, device="cpu", seed: int = 0) -> 
     for p in ps: p.grad = 1e-2 * torch.randn(p.shape, generator=gen).to(device)
     return ps
 
-def inplace_bandwidth(n: int, device="cpu", repeats: int = 10) -> float:
-    "Bytes per second of `a.add_(b)` over `n` fp32 elements (12 bytes each: read a and b, write a); the median of `repeats`."
+def inplace_bandwidth(n: int, device="cpu", repeats: int = 20) -> float:
+    "Bytes per second of `a.add_(b)` over `n` fp32 elements (12 bytes each: read a and b, write a); the fastest of `repeats` (a roofline is a bound)."
     a, b = torch.randn(n, device=device), torch.randn(n, device=device)
     for _ in range(3): a.add_(b)
     ts = []
     for _ in range(repeats):
         _sync(device); t0 = time.perf_counter(); a.add_(b); _sync(device); ts.append(time.perf_counter() - t0)
-    return 12 * n / statistics.median(ts)
+    return 12 * n / min(ts)
 
 class Timed:
     "One implementation on its own copy of the parameters (sharing their gradients): built and warmed up once, timed in rounds."
@@ -325,8 +326,13 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     bw = inplace_bandwidth(n_params, device)
     base = bench_params(n_params, n_tensors, device)
     rng, rows = random.Random(0), []
+    # every torch.optim class's step is wrapped by the same profiling function, so their compilations count against one
+    # recompile limit (8 by default): past it, "torch compiled step" would silently run eagerly
+    import torch._dynamo
+    limits = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 4 * len(names) + 8))
+    limits.__enter__()
     for name in names:
-        impls = {k: v for k, v in implementations(name, compile_torch, peers).items() if not only or any(s in k for s in only)}
+        impls = {k: v for k, v in implementations(name, compile_torch, peers, device).items() if not only or any(s in k for s in only)}
         timed = {k: Timed(make, base, warm) for k, make in impls.items()}
         for _ in range(rounds):
             order = list(timed); rng.shuffle(order)
@@ -343,6 +349,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
         if log: log(f"{name}: " + ", ".join(f"{k} {statistics.median(t.times):.2f} ms" for k, t in timed.items()))
         del timed; gc.collect()
         if device.type == "cuda": torch.cuda.empty_cache()
+    limits.__exit__(None, None, None)
     return rows
 
 def write_csv(rows: list, path) -> None:
