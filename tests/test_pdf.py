@@ -102,3 +102,12 @@ def test_no_unresolved_references_or_raw_tex(pdf):
     tex = re.compile(r"\\(?:begin|end)\{\w+\*?\}|\\(?:frac|mathcal|mathbb|leftarrow|sqrt|eta|theta|beta|nabla)\b|\$\$")
     raw = sorted(set(tex.findall(text)) - set(tex.findall(code)))
     assert not raw, f"raw TeX in the PDF's text: {raw[:20]}"
+
+
+def test_the_site_offers_the_pdf(pdf):
+    "Every page links to the PDF (_ext/optbook_api.py adds the link), and the site serves it."
+    site = ROOT / "_build" / "html"
+    if not (site / "index.html").exists(): pytest.skip("no HTML site: run `make book`")
+    assert (site / "_static" / "optbook.pdf").read_bytes() == PDF.read_bytes(), "make pdf copies the PDF into the site"
+    page = (site / "nbs" / "02_sgd.html").read_text(encoding="utf-8")
+    assert "_static/optbook.pdf" in page and "下载本书 PDF 版" in page, "the download link is missing from the pages"
