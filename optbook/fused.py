@@ -302,6 +302,8 @@ class Timed:
         self.times.append(1e3 * statistics.median(ts))
 
 # %% ../nbs/94_perf.ipynb #prf00014
+def _sig(x: float, digits: int = 4) -> float: return float(f"{x:.{digits}g}")   # 4 significant digits
+
 def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
               n_params: int = 20_000_000,  # parameters in all
               n_tensors: int = 50,         # in this many tensors of distinct sizes
@@ -328,8 +330,8 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     rng, rows = random.Random(0), []
     # every torch.optim class's step is wrapped by the same profiling function, so their compilations count against one
     # recompile limit (8 by default): past it, "torch compiled step" would silently run eagerly
-    import torch._dynamo
-    limits = torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 4 * len(names) + 8))
+    from torch._dynamo import config as dynamo_config
+    limits = dynamo_config.patch(recompile_limit=max(dynamo_config.recompile_limit, 4 * len(names) + 8))
     limits.__enter__()
     for name in names:
         impls = {k: v for k, v in implementations(name, compile_torch, peers, device).items() if not only or any(s in k for s in only)}
@@ -342,9 +344,9 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
         for k, tm in timed.items():
             ms = statistics.median(tm.times)
             rows.append(dict(device=device.type, machine=machine, when=when, params=n_params, tensors=n_tensors,
-                             optimizer=name, impl=k, ms=round(ms, 4), spread_ms=round(max(tm.times) - min(tm.times), 4),
-                             warmup_s=round(tm.warmup_s, 3), roofline_ms=round(roof_ms, 4), ratio_roofline=round(ms / roof_ms, 3),
-                             bytes_per_param=roofline_bytes(n_state), state_bytes=round(tm.state_bytes, 3),
+                             optimizer=name, impl=k, ms=_sig(ms), spread_ms=_sig(max(tm.times) - min(tm.times)),
+                             warmup_s=_sig(tm.warmup_s), roofline_ms=_sig(roof_ms), ratio_roofline=_sig(ms / roof_ms),
+                             bytes_per_param=roofline_bytes(n_state), state_bytes=_sig(tm.state_bytes),
                              min_state_bytes=4 * n_state, peak_mib=round(tm.peak_mib, 1), bandwidth_gbs=round(bw / 1e9, 2)))
         if log: log(f"{name}: " + ", ".join(f"{k} {statistics.median(t.times):.2f} ms" for k, t in timed.items()))
         del timed; gc.collect()

@@ -237,3 +237,16 @@ def test_whole_training_step_compiled():
             for _ in range(4): f()
         out[mode] = [p.detach().clone() for p in m.parameters()]
     for a, b in zip(out["eager"], out["compiled"]): torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_run_bench_rows_and_csv(tmp_path):
+    "The benchmark machinery end to end on a tiny problem: every implementation timed, roofline and state bytes filled, CSV round trip."
+    rows = fused.run_bench(("SGD", "Adagrad"), n_params=20_000, n_tensors=4, rounds=2, repeats=1, warm=2, compile_torch=False)
+    impls = {(r["optimizer"], r["impl"]) for r in rows}
+    for name in ("SGD", "Adagrad"):
+        for impl in ("optbook for-loop", "optbook foreach", "optbook fused", "torch for-loop", "torch foreach", "torch fused"):
+            assert (name, impl) in impls
+    assert all(r["ms"] > 0 and r["roofline_ms"] > 0 and r["min_state_bytes"] == 4 and abs(r["state_bytes"] - 4) < 0.01 for r in rows)
+    fused.write_csv(rows, tmp_path / "b.csv")
+    back = fused.read_csv(tmp_path / "b.csv")
+    assert [r["impl"] for r in back] == [r["impl"] for r in rows] and back[0]["ms"] == rows[0]["ms"]
