@@ -391,6 +391,6 @@ def plot_bench(rows: list, ax=None, title: str = ""):
             if r is not None: ys.append(i + (j - (len(impls) - 1) / 2) * h); xs.append(float(r["ratio_roofline"]))
         ax.barh(ys, xs, height=h, label=impl)
     ax.axvline(1.0, color="k", lw=0.8); ax.set_yticks(range(len(names))); ax.set_yticklabels(names); ax.invert_yaxis()
-    ax.set_xscale("log"); ax.set_xlabel("time per step / roofline"); ax.legend(fontsize=7, loc="lower right")
+    ax.set_xscale("log"); ax.set_xlabel("time per step / roofline"); ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     if title: ax.set_title(title)
     return ax

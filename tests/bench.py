@@ -107,7 +107,7 @@ def main(argv=None):
         import matplotlib; matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         ax = F.plot_bench(rows, title=f"{r0['device']}: {r0['machine']}, {r0['when']}")
-        ax.figure.tight_layout(); ax.figure.savefig(os.path.join(args.out, "bench.png"), dpi=120); plt.close(ax.figure)
+        ax.figure.savefig(os.path.join(args.out, "bench.png"), dpi=120, bbox_inches="tight"); plt.close(ax.figure)
         print(f"wrote {os.path.join(args.out, 'bench.png')}")
     except ImportError as err: print(f"no plot ({err})")
 
