@@ -38,7 +38,13 @@ def test_install_cell_runs_pip_only_when_needed(path, monkeypatch):
     "Execute the install cell with pip stubbed: it installs when optbook is missing or another version, else nothing."
     src = code_cells(path)[0].source
     calls = []
-    fake_subprocess = types.SimpleNamespace(check_call=lambda cmd: calls.append(cmd))
+    class Done:
+        def __init__(self, code): self.returncode = code
+    answers = []   # the return codes pip gives, in order (the repository first, then the book's site)
+    def run(cmd, **kw):
+        calls.append(cmd)
+        return Done(answers.pop(0) if answers else 0)
+    fake_subprocess = types.SimpleNamespace(check_call=lambda cmd: calls.append(cmd), run=run)
     monkeypatch.setitem(sys.modules, "subprocess", fake_subprocess)
     exec(src, {})
     assert calls == [], "optbook is installed at the right version: the cell must not reinstall it"
@@ -47,10 +53,15 @@ def test_install_cell_runs_pip_only_when_needed(path, monkeypatch):
             if installed is None: raise importlib.metadata.PackageNotFoundError(name)
             return installed
         monkeypatch.setattr(importlib.metadata, "version", version)
-        exec(src, {})
+        calls.clear(); exec(src, {})
         assert calls and calls[-1][:4] == [sys.executable, "-m", "pip", "install"]
-        assert calls[-1][-1] == f"optbook @ git+{REPO}@v{VERSION}"
-        assert not any("torch" in part for part in calls[-1]), "never reinstall torch over Colab's"
+        assert calls[-1][-1] == f"optbook @ git+{REPO}@v{VERSION}", "the repository first"
+        calls.clear(); answers[:] = [1, 0]; exec(src, {})   # the repository unreachable: the wheel on the book's site
+        assert [c[-1] for c in calls[-2:]] == [f"optbook @ git+{REPO}@v{VERSION}",
+                                                f"optbook @ {settings()['doc_host']}{settings()['doc_baseurl']}/_static/optbook-{VERSION}-py3-none-any.whl"]
+        calls.clear(); answers[:] = [1, 1]
+        with pytest.raises(SystemExit, match="没能安装"): exec(src, {})
+        assert not any("torch" in part for cmd in calls for part in cmd), "never reinstall torch over Colab's"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
