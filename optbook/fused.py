@@ -2,7 +2,7 @@
 
 # %% ../nbs/94_perf.ipynb #prf00003
 from __future__ import annotations
-import csv, gc, os, pathlib, statistics, time
+import csv, gc, importlib, os, pathlib, statistics, time
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -241,16 +241,16 @@ def implementations(name: str,                   # an optimizer both optbook and
                 return _Stepper(opt, torch.compile(opt.step))
             out["torch compiled step"] = compiled
     if name == "Lion" and "lion-pytorch" in peers:
-        from lion_pytorch import Lion as LionPytorch
+        LionPytorch = importlib.import_module("lion_pytorch").Lion   # only when asked for: the book's kernel lacks it
         out["lion-pytorch"] = lambda ps: LionPytorch(ps, **kw)
     if "pytorch-optimizer" in peers:      # its class of the same name, where it has one (timed, not checked for equality)
-        import inspect, pytorch_optimizer
-        pcls = getattr(pytorch_optimizer, name, None)
+        import inspect
+        pcls = getattr(importlib.import_module("pytorch_optimizer"), name, None)
         if pcls is not None and name not in ("SGD", "Adam", "Adagrad", "RMSprop", "Adadelta", "Adamax", "Rprop"):
             pkw = {k: v for k, v in kw.items() if k in inspect.signature(pcls).parameters}
             out["pytorch-optimizer"] = lambda ps: pcls(ps, **pkw)
     if name == "AdamW" and "heavyball" in peers:   # heavyball's compiled AdamW; it sets p.grad to None after a step
-        import heavyball
+        heavyball = importlib.import_module("heavyball")
         out["heavyball"] = lambda ps: heavyball.AdamW(ps, lr=kw["lr"], betas=(0.9, 0.999), weight_decay=kw["weight_decay"])
     return out
 
