@@ -284,7 +284,8 @@ def nadam_update(
     omega = beta1 * (1 - 0.5 * 0.96 ** (t * psi))                # ω_t
     omega_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))     # ω_{t+1}
     omega_prod.mul_(omega)                                       # ω_{1:t} = ω_{1:t−1}·ω_t
-    prod = omega_prod.double()                                   # the coefficients below in float64, as torch's Python floats
+    prod = omega_prod.double().reshape(())                       # the coefficients below in float64, as torch's Python floats
+    # (a 0-dim scalar even when the fused path hands the state over as a 1-element vector: it would promote g and m)
     m.lerp_(g, 1 - beta1)                                        # m ← β₁m + (1 − β₁)g
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)                # v ← β₂v + (1 − β₂)g²
     denom = v.div(1 - beta2 ** t).sqrt().add_(eps)               # √v̂ + ε

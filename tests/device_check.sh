@@ -17,14 +17,15 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 nvidia-smi -L || true
 python3 -c "import torch; print('torch', torch.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name(0))"
-python3 tests/gpu_notebooks.py --timeout 90 $(ls nbs/0[3-9]_*.ipynb nbs/1[01]_*.ipynb 2>/dev/null) 2>&1 \
+python3 tests/gpu_notebooks.py --timeout 90 $(ls nbs/0[3-9]_*.ipynb nbs/1[0-2]_*.ipynb 2>/dev/null) 2>&1 \
   | tee "$out/notebooks.log" | grep -E "^(OK|FAILED|TIMEOUT)" ; nb=${PIPESTATUS[0]}
 xdist=""; python3 -c "import xdist" 2>/dev/null && xdist="-n 8 -p no:benchmark"
 select=(-k "cuda or CUDA or gpu or GPU or fake or Fake or compile"); [ "${ALL:-0}" = 1 ] && select=()
 tests="tests/test_core.py tests/test_registry.py tests/test_sgd.py tests/test_adaptive.py tests/test_adam.py
        tests/test_shampoo.py tests/test_sign.py tests/test_muon.py tests/test_lbfgs.py
-       tests/test_gradfree.py tests/test_attack.py tests/test_search.py"
+       tests/test_gradfree.py tests/test_attack.py tests/test_search.py tests/test_fused.py tests/test_fsdp.py
+       tests/test_frontier.py tests/test_training.py"
 python3 -m pytest -q -p no:cacheprovider $xdist -rfE "${select[@]}" $(ls $tests 2>/dev/null) 2>&1 | tee "$out/pytest.log" | tail -15
 rc=${PIPESTATUS[0]}
-python3 tests/bench_sgd.py --rounds 3 2>&1 | tee "$out/bench.log"
+python3 tests/bench.py --device cuda --quick --no-compile --out "$out/bench" 2>&1 | tee "$out/bench.log"
 exit $(( rc || nb ))
