@@ -90,7 +90,7 @@ def test_construction_errors():
     with pytest.raises(ValueError, match="more than one"): Counting([{"params": [w]}, {"params": [w]}])
     with pytest.raises(ValueError, match="int32"): Counting([torch.zeros(2, dtype=torch.int32)])
     with pytest.raises(ValueError, match="differentiable"): Counting([w], differentiable=True)
-    with pytest.raises(NotImplementedError, match="fused"): Counting([w], fused=True)
+    with pytest.raises(ValueError, match="fused"): Counting([w], fused=True, foreach=True)   # (fused=True alone: tests/test_fused.py)
     with pytest.raises(TypeError, match="not a Tensor"): Counting([w, 3.0])
 
 
@@ -378,8 +378,13 @@ def test_import_optbook_loads_nothing_beyond_torch():
             "import optbook, optbook.{mods}; "
             "print(sorted({m.split('.')[0] for m in sys.modules} - before))")
     import pathlib
+    # viz is the book's plotting module; fused is imported only when a group asks for fused=True (it compiles the
+    # rules, so it loads what torch.compile loads: sympy, ...), and `import optbook` alone must not import it
     mods = sorted(p.stem for p in pathlib.Path(optbook_dir()).glob("*.py")
-                  if p.stem not in {"__init__", "_modidx", "viz"})  # viz is the book's plotting module
+                  if p.stem not in {"__init__", "_modidx", "viz", "fused"})
+    alone = subprocess.run([sys.executable, "-c", "import sys, optbook; print('optbook.fused' in sys.modules)"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert alone == "False", "import optbook must not import optbook.fused (torch.compile's dependencies)"
     out = subprocess.run([sys.executable, "-c", code.replace("optbook.{mods}", ", ".join(f"optbook.{m}" for m in mods))],
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "['optbook']", f"`import optbook` (and its optimizer, search and attack modules) also loaded {out}"
