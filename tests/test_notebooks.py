@@ -242,3 +242,12 @@ def test_packages_colab_lacks_are_installed_by_the_first_cell(path, monkeypatch)
         "never reinstall torch over Colab's"   # (a name, not a substring: lion-pytorch is fine)
     assert len(installed) == len(calls) and not installed - {"plotly"} - {d for m in used for d in optbook_book.NOT_ON_COLAB[m]}, \
         f"{path.name}'s first cell installs {installed}, more than the notebook imports"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_control_characters(path):
+    "A Python string written without r'' turns \\beta into a backspace and 'eta': MathJax then fails on the page."
+    bad = [(i, repr(c.source[max(0, m.start() - 15):m.start() + 15]))
+           for i, c in enumerate(nbformat.read(path, as_version=4).cells)
+           for m in re.finditer(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", c.source)]
+    assert not bad, f"{path.name}: control characters in cells {bad}"
