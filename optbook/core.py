@@ -516,6 +516,15 @@ class Optimizer(torch.optim.Optimizer):
         p.to_local().copy_(_local_part(full, p))
         for k, v in sharded.items(): v.to_local().copy_(_local_part(whole[k], v))
 
+    def _count_step(self, p: Tensor, group: dict) -> tuple[dict, bool, Optional[int]]:
+        "`p`'s state (created lazily), whether it was just created, and its step t after this step is counted (None unless `uses_step`); shared by every path."
+        state, first = self._state(p, group)
+        t = None
+        if self.uses_step:
+            state["step"] += 1
+            t = int(state["step"])
+        return state, first, t
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None):
         "Perform one optimization step; `closure` re-evaluates the model and returns the loss."
@@ -529,11 +538,7 @@ class Optimizer(torch.optim.Optimizer):
             h = self.hyper(group)
             batches, matrix_batches = defaultdict(list), defaultdict(list)
             for p, g in self.params_with_grad(group):
-                state, first = self._state(p, group)
-                t = None
-                if self.uses_step:
-                    state["step"] += 1
-                    t = int(state["step"])
+                state, first, t = self._count_step(p, group)
                 if self.per_matrix:
                     key = None if _is_dtensor(p) else self.matrix_batch_key(group, p)
                     if key is None: self._update_matrix(p, g, state, h, t, first)

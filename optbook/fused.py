@@ -109,11 +109,7 @@ def fused_step(opt: Optimizer, group: dict) -> None:
     batches = defaultdict(list)
     h = opt.hyper(group)
     for p, g in opt.params_with_grad(group):
-        state, first = opt._state(p, group)
-        t = None
-        if opt.uses_step:
-            state["step"] += 1
-            t = int(state["step"])
+        state, first, t = opt._count_step(p, group)
         if first or p.numel() <= 1: opt._update_one(p, g, state, h, t, first)   # sizes 0 and 1 would be specialized
         else: batches[(p.device, p.dtype, t, tuple(state))].append(p)
     if not batches: return
