@@ -517,7 +517,7 @@ class Optimizer(torch.optim.Optimizer):
         for k, v in sharded.items(): v.to_local().copy_(_local_part(whole[k], v))
 
     def _count_step(self, p: Tensor, group: dict) -> tuple[dict, bool, Optional[int]]:
-        "`p`'s state (created lazily), whether it was just created, and its step t after this step is counted (None unless `uses_step`); shared by every path."
+        "`p`'s state (created lazily), whether it was just created, and its step t after this step is counted (None unless `uses_step`); the fused path calls it, and `step` has the same lines inline (see the comment there)."
         state, first = self._state(p, group)
         t = None
         if self.uses_step:
@@ -538,7 +538,13 @@ class Optimizer(torch.optim.Optimizer):
             h = self.hyper(group)
             batches, matrix_batches = defaultdict(list), defaultdict(list)
             for p, g in self.params_with_grad(group):
-                state, first, t = self._count_step(p, group)
+                # _count_step inlined: with it called here, torch.compile of a whole training step (dynamo 2.13)
+                # resumed after the int() graph break with another parameter's tensors (tests/test_training.py)
+                state, first = self._state(p, group)
+                t = None
+                if self.uses_step:
+                    state["step"] += 1
+                    t = int(state["step"])
                 if self.per_matrix:
                     key = None if _is_dtensor(p) else self.matrix_batch_key(group, p)
                     if key is None: self._update_matrix(p, g, state, h, t, first)
