@@ -91,7 +91,7 @@ class Adam(Optimizer):
     - decoupled decay multiplies by $1-\eta\lambda$, so it scales with the learning rate (Loshchilov & Hutter
       scale it by the schedule multiplier only);
     - complex parameters are updated as real pairs: $v$ holds the squares of the real and imaginary parts;
-    - `capturable=True` is refused (use `torch.optim.Adam`); `fused=True` is not implemented yet.
+    - `capturable=True` is refused (use `torch.optim.Adam`); `fused=True` runs torch's fused Adam kernel (`optbook.fused`).
 
     References: Kingma & Ba (2015), Adam; Reddi, Kale & Kumar (2018), AMSGrad;
     Loshchilov & Hutter (2019), decoupled weight decay.
@@ -113,12 +113,13 @@ class Adam(Optimizer):
                  maximize: bool = False,          # maximize the objective instead of minimizing it
                  capturable: bool = False,        # not supported (raises)
                  differentiable: bool = False,    # not supported (raises)
-                 fused: bool | None = None,       # not supported yet (raises if True)
-                 decoupled_weight_decay: bool = False):  # AdamW: θ ← (1 − ηλ)θ instead of adding λθ to g
+                 fused: bool | None = None,       # single-pass kernels from the same rule (optbook.fused)
+                 decoupled_weight_decay: bool = False,  # AdamW: θ ← (1 − ηλ)θ instead of adding λθ to g
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         _check_adam_family(type(self).__name__, lr, betas, eps, weight_decay, capturable)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
                                       maximize=maximize, foreach=foreach, capturable=capturable,
-                                      differentiable=differentiable, fused=fused,
+                                      differentiable=differentiable, fused=fused, cautious=cautious,
                                       decoupled_weight_decay=decoupled_weight_decay))
 
     def init_state(self, p, group):
@@ -170,9 +171,10 @@ class AdamW(Adam):
                  foreach: bool | None = None,     # multi-tensor path; None: on for CUDA, off on CPU
                  capturable: bool = False,        # not supported (raises)
                  differentiable: bool = False,    # not supported (raises)
-                 fused: bool | None = None):      # not supported yet (raises if True)
+                 fused: bool | None = None,      # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach, maximize=maximize,
-                         capturable=capturable, differentiable=differentiable, fused=fused,
+                         capturable=capturable, differentiable=differentiable, fused=fused, cautious=cautious,
                          decoupled_weight_decay=True)
 
     def __setstate__(self, state):
@@ -246,10 +248,12 @@ class Adamax(Optimizer):
                  *,
                  maximize: bool = False,          # maximize the objective instead of minimizing it
                  differentiable: bool = False,    # not supported (raises)
-                 capturable: bool = False):       # not supported (raises)
+                 capturable: bool = False,       # not supported (raises)
+                 fused: bool | None = None,    # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         _check_adam_family(type(self).__name__, lr, betas, eps, weight_decay, capturable)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable, capturable=capturable))
+                                      maximize=maximize, differentiable=differentiable, fused=fused, cautious=cautious, capturable=capturable))
 
     def init_state(self, p, group): return {"m": _zeros(p), "u": _zeros(p)}
 
@@ -343,13 +347,15 @@ class NAdam(Optimizer):
                  foreach: bool | None = None,     # multi-tensor path (tensor by tensor here); None: on for CUDA
                  maximize: bool = False,          # maximize the objective instead of minimizing it
                  capturable: bool = False,        # not supported (raises)
-                 differentiable: bool = False):   # not supported (raises)
+                 differentiable: bool = False,   # not supported (raises)
+                 fused: bool | None = None,    # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         _check_adam_family(type(self).__name__, lr, betas, eps, weight_decay, capturable)
         check_nonneg("momentum_decay", momentum_decay)
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       momentum_decay=momentum_decay, decoupled_weight_decay=decoupled_weight_decay,
                                       maximize=maximize, foreach=foreach, capturable=capturable,
-                                      differentiable=differentiable))
+                                      differentiable=differentiable, fused=fused, cautious=cautious))
 
     def init_state(self, p, group):
         "ω_{1:0} = 1 as a scalar on p's device (float32, float64 under a float64 default dtype, as torch), m = v = 0."

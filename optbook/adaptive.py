@@ -60,7 +60,7 @@ class Adagrad(Optimizer):
     - the state of every parameter is created at construction, with $G_0$ read from the constructor's
       `initial_accumulator_value` (a per-group value is ignored, as in torch); complex parameters start at $G_0(1+i)$;
     - `weight_decay` is coupled (L2, added to the gradient);
-    - dense gradients only; `fused=True` is not implemented yet.
+    - dense gradients only; `fused=True` runs torch's fused Adagrad kernel (`optbook.fused`).
 
     References: Duchi, Hazan & Singer (2011), AdaGrad.
     """
@@ -78,12 +78,13 @@ class Adagrad(Optimizer):
                  *,
                  maximize: bool = False,               # maximize the objective instead of minimizing it
                  differentiable: bool = False,         # not supported (raises)
-                 fused: bool | None = None):           # not supported yet (raises if True)
+                 fused: bool | None = None,           # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr); check_nonneg("lr_decay", lr_decay); check_nonneg("weight_decay", weight_decay)
         check_nonneg("initial_accumulator_value", initial_accumulator_value); check_nonneg("eps", eps)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable, fused=fused))
+                                      maximize=maximize, differentiable=differentiable, fused=fused, cautious=cautious))
         for group in self.param_groups:          # like torch: every parameter gets its state now, not at its first step
             for p in group["params"]: self._state(p, group)
 
@@ -186,14 +187,17 @@ class RMSprop(Optimizer):
                  capturable: bool = False,       # not supported (raises)
                  foreach: bool | None = None,    # multi-tensor path; None: on for CUDA, off on CPU
                  maximize: bool = False,         # maximize the objective instead of minimizing it
-                 differentiable: bool = False):  # not supported (raises)
+                 differentiable: bool = False,  # not supported (raises)
+                 *,                               # optbook's own options: keyword-only
+                 fused: bool | None = None,    # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr); check_nonneg("eps", eps); check_nonneg("momentum", momentum)
         check_nonneg("weight_decay", weight_decay); check_nonneg("alpha", alpha)
         if capturable:
             raise ValueError("RMSprop: capturable=True is not supported by optbook; use torch.optim.RMSprop for CUDA graphs")
         super().__init__(params, dict(lr=lr, momentum=momentum, alpha=alpha, eps=eps, centered=centered,
                                       weight_decay=weight_decay, capturable=capturable, foreach=foreach,
-                                      maximize=maximize, differentiable=differentiable))
+                                      maximize=maximize, differentiable=differentiable, fused=fused, cautious=cautious))
 
     def init_state(self, p, group):
         zeros = lambda: torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -281,13 +285,15 @@ class Adadelta(Optimizer):
                  *,
                  capturable: bool = False,       # not supported (raises)
                  maximize: bool = False,         # maximize the objective instead of minimizing it
-                 differentiable: bool = False):  # not supported (raises)
+                 differentiable: bool = False,  # not supported (raises)
+                 fused: bool | None = None,    # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr); check_nonneg("eps", eps); check_nonneg("weight_decay", weight_decay)
         if not 0.0 <= float(rho) <= 1.0: raise ValueError(f"Invalid rho: {rho!r} (must be in [0, 1])")
         if capturable:
             raise ValueError("Adadelta: capturable=True is not supported by optbook; use torch.optim.Adadelta for CUDA graphs")
         super().__init__(params, dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize,
-                                      capturable=capturable, foreach=foreach, differentiable=differentiable))
+                                      capturable=capturable, foreach=foreach, differentiable=differentiable, fused=fused, cautious=cautious))
 
     def init_state(self, p, group):
         return {"v": torch.zeros_like(p, memory_format=torch.preserve_format),

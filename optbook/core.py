@@ -262,6 +262,13 @@ def _kind(dtype: torch.dtype) -> str:
     return ("complex" if dtype.is_complex else "floating-point" if dtype.is_floating_point
             else "bool" if dtype == torch.bool else "integer")
 
+@functools.cache
+def _own_options(cls) -> tuple:
+    "The options `cls` has and torch's optimizer of the same name lacks (all of them where torch has none): `cautious`, `fused`."
+    ref = getattr(torch.optim, cls.__name__, None)
+    theirs = inspect.signature(ref).parameters if isinstance(ref, type) else {}
+    return tuple(k for k in ("cautious", "fused") if k not in theirs)
+
 class Optimizer(torch.optim.Optimizer):
     """The bookkeeping every optbook optimizer shares: validation, lazy state, the step counter, and the paths.
 
@@ -286,6 +293,7 @@ class Optimizer(torch.optim.Optimizer):
     per_matrix: bool = False         # the rule needs whole tensors: never batched; DTensor shards are gathered first
     matrices_only: bool = False      # refuse parameters with fewer than 2 dimensions
     supports_complex: bool = True    # complex parameters are updated as real pairs; False refuses them
+    decoupled_decay: bool = False    # the rule's λ decays θ directly, θ ← (1 − ηλ)θ (unless `hyper` gives `decoupled`)
     _checked_arguments: dict = {} # made from the signature of __init__: name -> None, the length of a tuple, or bool
 
     def __init_subclass__(cls, **kwargs):
@@ -312,8 +320,13 @@ class Optimizer(torch.optim.Optimizer):
         if defaults.get("fused"):   # single-pass kernels from the same rule (optbook.fused); elementwise rules only
             if defaults.get("foreach"): raise ValueError(f"{name}: `fused` and `foreach` cannot be `True` together")
             if self.per_matrix: raise NotImplementedError(f"{name}: fused=True is not supported (its update is not elementwise)")
+        if defaults.get("cautious"):
+            if self.per_matrix: raise NotImplementedError(f"{name}: cautious=True needs an elementwise update")
+            if defaults.get("fused"): raise NotImplementedError(f"{name}: cautious=True is not available on the fused path; use fused=False")
         if isinstance(params, Tensor):
             raise TypeError(f"{name}: params must be an iterable of Tensors or dicts, got a single Tensor; wrap it in a list")
+        for key in _own_options(type(self)):      # optbook's own options, while off, stay out of the groups:
+            if not defaults.get(key, True): del defaults[key]   # the state_dict is torch's, key for key
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict):
@@ -348,6 +361,8 @@ class Optimizer(torch.optim.Optimizer):
             if type(v) in _PLAIN or type(v) is bool or key not in group: continue   # the usual cases, at once
             if type(v) is tuple and all(type(x) in _PLAIN for x in v): continue
             _check_hyper(key, v, arity)
+        if group.get("cautious") and group.get("fused"):   # a group added or edited later: the same refusal as __init__'s
+            raise NotImplementedError(f"{type(self).__name__}: cautious=True is not available on the fused path; use fused=False")
 
     def __setstate__(self, state):
         super().__setstate__(state)
@@ -516,6 +531,28 @@ class Optimizer(torch.optim.Optimizer):
         p.to_local().copy_(_local_part(full, p))
         for k, v in sharded.items(): v.to_local().copy_(_local_part(whole[k], v))
 
+    def decoupled_lambda(self, h: dict):
+        "The λ of `h` when it is a decoupled decay θ ← (1 − ηλ)θ applied before the step, else None (L2 decay is part of ḡ)."
+        return h.get("lam") if h.get("decoupled", self.decoupled_decay) else None
+
+    def _cautious(self, run: Callable[[dict], None], ps: list, gs: list, h: dict) -> None:
+        r"""`run(h)` (the rule, in place) made cautious (Liang et al. 2024): with $\theta'$ the parameters after a
+        decoupled decay, $\Delta = -\eta u$ the rule's own step and $\hat g$ the gradient of the minimized objective,
+        $\varphi = \mathbb 1(u\odot\hat g > 0)$ and $\theta \leftarrow \theta' + \frac{d}{\|\varphi\|_0 + 1}\,\Delta\odot\varphi$,
+        per tensor of $d$ elements. The state is updated as without caution; a NaN in $\Delta$ stays in θ."""
+        lam = self.decoupled_lambda(h)
+        before = [p.detach().clone() for p in ps]
+        run(h if lam is None else {**h, "lam": None})            # Δ alone: the decay is applied below, unmasked
+        sign = -1.0 if h.get("maximize") else 1.0
+        for p, p0, g in zip(ps, before, gs):
+            p, p0, g = _real(p), _real(p0), _real(g)
+            step = p - p0                                          # Δ = −ηu
+            keep = (step * g) * sign < 0                           # φ: u and ĝ agree, so Δ goes downhill there
+            acc = torch.float64 if p.dtype == torch.float64 else torch.float32
+            scale = keep.numel() / (keep.sum(dtype=acc) + 1)       # d / (‖φ‖₀ + 1)
+            if lam is not None: p0.mul_(1 - h["eta"] * lam)        # θ' = (1 − ηλ)θ
+            p.copy_(p0.add_(step.mul_(keep).mul_(scale)))
+
     def _count_step(self, p: Tensor, group: dict) -> tuple[dict, bool, Optional[int]]:
         "`p`'s state (created lazily), whether it was just created, and its step t after this step is counted (None unless `uses_step`); the fused path calls it, and `step` has the same lines inline (see the comment there)."
         state, first = self._state(p, group)
@@ -551,12 +588,17 @@ class Optimizer(torch.optim.Optimizer):
                     else: matrix_batches[key].append((p, g, state, t, first))
                 elif self._use_foreach(group, p):
                     batches[(p.device, p.dtype, first, t, tuple(state))].append(p)
+                elif group.get("cautious"):
+                    self._cautious(lambda hh: self._update_one(p, g, state, hh, t, first), [p], [g], h)
                 else:
                     self._update_one(p, g, state, h, t, first)
             for (_, _, first, t, keys), ps in batches.items():
                 lists = {key: TensorList(self.state[p][key] for p in ps) for key in keys}
                 s = self._symbols(lists, view=lambda l: TensorList(map(_real, l)))
-                self.update(TensorList(_real(p) for p in ps), TensorList(_real(p.grad) for p in ps), s, h, t=t, first=first)
+                run = lambda hh: self.update(TensorList(_real(p) for p in ps), TensorList(_real(p.grad) for p in ps),
+                                             s, hh, t=t, first=first)
+                if group.get("cautious"): self._cautious(run, ps, [p.grad for p in ps], h)
+                else: run(h)
             for items in matrix_batches.values():
                 if len(items) == 1: self._update_matrix(*items[0][:3], h, *items[0][3:])   # alone: one matrix
                 else: self.update_matrices([item[:3] for item in items], h)
@@ -616,6 +658,7 @@ class SignSGD(Optimizer):
     References: Bernstein, Wang, Azizzadenesheli & Anandkumar (2018), signSGD and Signum.
     """
     rule = staticmethod(sign_update)
+    decoupled_decay = True            # λ: θ ← (1 − ηλ)θ before the step (the core's `cautious` leaves it unmasked)
     state_keys = {"m": ("momentum_buffer", "exponential moving average of the gradients; only when momentum != 0")}
 
     def __init__(self, params,            # parameters, or dicts defining parameter groups
@@ -626,10 +669,11 @@ class SignSGD(Optimizer):
                  maximize: bool = False,  # maximize the objective instead of minimizing it
                  foreach: bool | None = None,   # multi-tensor path; None: on for CUDA, off on CPU
                  differentiable: bool = False,  # not supported (raises)
-                 fused: bool | None = None):    # single-pass kernels from the same rule (optbook.fused)
+                 fused: bool | None = None,    # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr); check_range("momentum", momentum, 0.0, 1.0); check_nonneg("weight_decay", weight_decay)
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, maximize=maximize,
-                                      foreach=foreach, differentiable=differentiable, fused=fused))
+                                      foreach=foreach, differentiable=differentiable, fused=fused, cautious=cautious))
 
     def init_state(self, p, group):
         return {"m": torch.zeros_like(p, memory_format=torch.preserve_format)} if group["momentum"] != 0 else {}

@@ -231,6 +231,7 @@ class AdEMAMix(Optimizer):
     References: Pagliardini, Ablin & Grangier (2024), The AdEMAMix Optimizer: Better, Faster, Older.
     """
     rule = staticmethod(ademamix_update)
+    decoupled_decay = True            # λ: θ ← (1 − ηλ)θ before the step (the core's `cautious` leaves it unmasked)
     uses_step = True
     state_keys = {"m_1": ("exp_avg", "fast EMA of the gradients (β₁)"),
                   "m_2": ("exp_avg_slow", "slow EMA of the gradients (β₃)"),
@@ -247,7 +248,8 @@ class AdEMAMix(Optimizer):
                  maximize: bool = False,           # maximize the objective instead of minimizing it
                  foreach: bool | None = None,      # multi-tensor path; None: on for CUDA, off on CPU
                  differentiable: bool = False,     # not supported (raises)
-                 fused: bool | None = None):       # not supported yet (raises if True)
+                 fused: bool | None = None,       # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr); check_nonneg("eps", eps); check_nonneg("weight_decay", weight_decay)
         check_nonneg("alpha", alpha)
         if not isinstance(betas, (tuple, list)) or len(betas) != 3:
@@ -260,7 +262,7 @@ class AdEMAMix(Optimizer):
                 raise ValueError(f"Invalid betas: {betas!r} (the beta3 warm-up needs 0 < beta1 <= beta3)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), alpha=alpha, t_alpha_beta3=t_alpha_beta3, eps=eps,
                                       weight_decay=weight_decay, maximize=maximize, foreach=foreach,
-                                      differentiable=differentiable, fused=fused))
+                                      differentiable=differentiable, fused=fused, cautious=cautious))
 
     def init_state(self, p, group):
         z = lambda: torch.zeros_like(p, memory_format=torch.preserve_format)

@@ -93,7 +93,8 @@ class SGD(Optimizer):
                  maximize: bool = False, # maximize the objective instead of minimizing it
                  foreach: bool | None = None,   # multi-tensor path; None: on for CUDA, off on CPU
                  differentiable: bool = False,  # not supported (raises)
-                 fused: bool | None = None):    # not supported yet (raises if True)
+                 fused: bool | None = None,    # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr)
         check_nonneg("momentum", momentum)
         check_nonneg("weight_decay", weight_decay)
@@ -102,7 +103,7 @@ class SGD(Optimizer):
                              f"got momentum={momentum!r}, dampening={dampening!r}")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                         nesterov=nesterov, maximize=maximize, foreach=foreach,
-                        differentiable=differentiable, fused=fused)
+                        differentiable=differentiable, fused=fused, cautious=cautious)
         super().__init__(params, defaults)
 
     rule = staticmethod(sgd_update)

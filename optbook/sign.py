@@ -86,7 +86,9 @@ class Rprop(Optimizer):
                  capturable: bool = False,        # not supported (raises)
                  foreach: bool | None = None,     # multi-tensor path; None: on for CUDA, off on CPU
                  maximize: bool = False,          # maximize the objective instead of minimizing it
-                 differentiable: bool = False):   # not supported (raises)
+                 differentiable: bool = False,   # not supported (raises)
+                 fused: bool | None = None,    # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr)
         if len(etas) != 2 or not 0.0 < etas[0] < 1.0 < etas[1]:
             raise ValueError(f"Invalid etas: {etas!r} (must be a pair (etaminus, etaplus) with 0 < etaminus < 1 < etaplus)")
@@ -95,7 +97,7 @@ class Rprop(Optimizer):
         if capturable:
             raise ValueError("Rprop: capturable=True (CUDA graph capture) is not supported by optbook; use torch.optim.Rprop for it")
         super().__init__(params, dict(lr=lr, etas=etas, step_sizes=step_sizes, foreach=foreach, maximize=maximize,
-                                      differentiable=differentiable, capturable=capturable))
+                                      differentiable=differentiable, fused=fused, cautious=cautious, capturable=capturable))
 
     def init_state(self, p, group):
         "ǧ = 0 and σ = η (for complex parameters η in both the real and the imaginary part, like torch)."
@@ -166,6 +168,7 @@ class Lion(Optimizer):
     References: Chen, Liang, Huang et al. (2023), Symbolic Discovery of Optimization Algorithms.
     """
     rule = staticmethod(lion_update)
+    decoupled_decay = True            # λ: θ ← (1 − ηλ)θ before the step (the core's `cautious` leaves it unmasked)
     state_keys = {"m": ("exp_avg", "momentum: EMA of the gradients with coefficient $\\beta_2$")}
 
     def __init__(self, params,                    # parameters, or dicts defining parameter groups
@@ -177,7 +180,8 @@ class Lion(Optimizer):
                  maximize: bool = False,          # maximize the objective instead of minimizing it
                  foreach: bool | None = None,     # multi-tensor path; None: on for CUDA, off on CPU
                  differentiable: bool = False,    # not supported (raises)
-                 fused: bool | None = None):      # the core's fused path (optbook.fused): the same rule compiled
+                 fused: bool | None = None,      # single-pass kernels from the same rule (optbook.fused)
+                 cautious: bool = False):  # mask steps against the gradient (Liang et al. 2024)
         check_nonneg("lr", lr); check_nonneg("weight_decay", weight_decay)
         try: check_betas(betas)
         except (ValueError, TypeError) as err: raise ValueError(f"Invalid betas: {betas!r}: {err}") from None
@@ -185,7 +189,7 @@ class Lion(Optimizer):
             raise ValueError(f"Invalid lr: {lr!r} (must be > 0 with decoupled_weight_decay=True, which divides by it)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay,
                                       decoupled_weight_decay=decoupled_weight_decay, maximize=maximize,
-                                      foreach=foreach, differentiable=differentiable, fused=fused))
+                                      foreach=foreach, differentiable=differentiable, fused=fused, cautious=cautious))
 
     def init_state(self, p, group):
         return {"m": torch.zeros_like(p, memory_format=torch.preserve_format)}

@@ -658,6 +658,12 @@ def test_signature_and_defaults_match_torch(entry):
     # On the torch this project develops against the signatures are identical; an older torch (`make test-floor`) may
     # lack options that torch added later (AdamW's decoupled_weight_decay, ...), which optbook keeps: only those may differ.
     newer = [n for n in ours.parameters if n not in ref.parameters] if OLDER_TORCH else []
+    # optbook's own options (OPTBOOK_OPTIONS) come last, keyword-only, and off by default: torch's calls stay valid
+    own = [n for n in ours.parameters if n in OPTBOOK_OPTIONS and n not in ref.parameters]
+    assert list(ours.parameters)[len(ours.parameters) - len(own):] == own, "optbook's own options come last"
+    for n in own:
+        assert ours.parameters[n].kind == inspect.Parameter.KEYWORD_ONLY and not ours.parameters[n].default, n
+    newer += own
     assert [n for n in ours.parameters if n not in newer] == list(ref.parameters)
     for name, p in ref.parameters.items():
         assert ours.parameters[name].kind == p.kind, name
@@ -665,7 +671,76 @@ def test_signature_and_defaults_match_torch(entry):
     a = entry.cls(make_params(entry)[:1]).param_groups[0]
     b = entry.reference(make_params(entry)[:1]).param_groups[0]
     shared = (a.keys() & b.keys()) if OLDER_TORCH else a.keys() | b.keys()
-    assert {k: a.get(k) for k in shared if k not in ("params", *newer)} == {k: b.get(k) for k in shared if k != "params"}
+    assert {k: a.get(k) for k in shared if k not in ("params", *newer)} == {k: b.get(k) for k in shared
+                                                                            if k not in ("params", *newer)}
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Cautious updates (Liang et al. 2024), written once in the core: every optimizer that takes `cautious`
+
+OPTBOOK_OPTIONS = {"cautious": "mask steps against the gradient", "fused": "optbook.fused, where torch has no fused kernel"}
+CAUTIOUS = [e for e in REGISTRY if "cautious" in inspect.signature(e.cls).parameters]
+
+
+def test_every_elementwise_optimizer_takes_cautious():
+    own_step = lambda cls: inspect.unwrap(cls.step) is not inspect.unwrap(optbook.Optimizer.step)  # (torch wraps step)
+    elementwise = {e.name for e in REGISTRY if not e.cls.per_matrix and not own_step(e.cls)}
+    # AdamWScheduleFree steps y and z and evaluates at an interpolation of them: no one step Δ for a mask to act on
+    assert {e.name for e in CAUTIOUS} == elementwise - {"AdamWScheduleFree"}, "cautious: every elementwise optimizer"
+    for e in REGISTRY:
+        if e.cls.per_matrix and "cautious" in inspect.signature(e.cls).parameters:
+            with pytest.raises(NotImplementedError, match="cautious"): e.cls(make_params(e), cautious=True)
+
+
+@entry_cases(CAUTIOUS, "settings")
+@FOREACH
+def test_cautious_masks_the_uphill_coordinates_and_renormalizes(entry, kw, foreach):
+    """From the same state and gradient, the cautious step is the plain one masked and rescaled, tensor by tensor:
+    θ = θ' + d/(‖φ‖₀ + 1)·Δ⊙φ with φ = 1(Δ⊙ĝ < 0), θ' the decoupled decay of θ and Δ the rest of the plain step;
+    the state is the plain one. float64, tight: a mask with ≥, a scale d/‖φ‖₀, or a masked decay fails it."""
+    ps, warm = make_params(entry), 3
+    plain = entry.cls(groups(ps, kw), foreach=foreach, **kw)
+    for k in range(warm):
+        set_grads(ps, grads_for(entry, k)); plain.step()
+    qs = [p.detach().clone() for p in ps]
+    caut = entry.cls(groups(qs, kw), foreach=foreach, cautious=True, **kw)
+    caut.load_state_dict(copy.deepcopy(plain.state_dict()))
+    for g in caut.param_groups: g["cautious"] = True     # (plain groups carry no `cautious`: the optimizer's default fills it)
+    before = [p.detach().clone() for p in ps]
+    grads = grads_for(entry, warm)
+    set_grads(ps, grads); set_grads(qs, grads)
+    plain.step(); caut.step()
+    sign = -1.0 if kw.get("maximize") else 1.0
+    for group_index, group in enumerate(plain.param_groups):
+        lam = plain.decoupled_lambda(plain.hyper(group))
+        for p in group["params"]:
+            i = next(j for j, x in enumerate(ps) if x is p)
+            q, p0, g = qs[i], before[i], grads[i]
+            if g is None:
+                assert torch.equal(q, p0); continue
+            decayed = p0 * (1 - group["lr"] * lam) if lam is not None else p0
+            step = p.detach() - decayed
+            keep = (step * g * sign < 0)
+            expected = decayed + step * keep * (keep.numel() / (keep.sum().item() + 1))
+            torch.testing.assert_close(q, expected, rtol=RTOL, atol=ATOL, msg=f"{entry.name}, parameter {i}")
+    # (a step without memory, −η·(positive)⊙g, never goes uphill: those settings check the scale d/(d + 1) alone;
+    # tests/test_frontier.py checks C-AdamW and C-Lion, which do mask, against the paper's algorithm)
+    assert_states_equal(caut.state_dict()["state"], plain.state_dict()["state"])
+
+
+@entry_cases(CAUTIOUS, "settings")
+def test_cautious_foreach_equals_forloop_bit_for_bit(entry, kw):
+    loop, _, _ = run(lambda ps: entry.cls(groups(ps, kw), foreach=False, cautious=True, **kw), entry, 5)
+    each, _, _ = run(lambda ps: entry.cls(groups(ps, kw), foreach=True, cautious=True, **kw), entry, 5)
+    assert_paths_equal(each, loop)
+
+
+@pytest.mark.parametrize("entry", CAUTIOUS, ids=lambda e: e.name)
+def test_cautious_with_fused_is_refused(entry):
+    with pytest.raises(NotImplementedError, match="fused"): entry.cls(make_params(entry), cautious=True, fused=True)
+    opt = entry.cls(make_params(entry), cautious=True)
+    opt.param_groups[0]["fused"] = True
+    with pytest.raises(NotImplementedError, match="fused"): opt.step()
 
 
 @pytest.mark.parametrize("entry,bad", [(e, b) for e in REGISTRY for b in e.bad_args],
