@@ -553,13 +553,17 @@ class Optimizer(torch.optim.Optimizer):
             if lam is not None: p0.mul_(1 - h["eta"] * lam)        # θ' = (1 − ηλ)θ
             p.copy_(p0.add_(step.mul_(keep).mul_(scale)))
 
-    def _count_step(self, p: Tensor, group: dict) -> tuple[dict, bool, Optional[int]]:
-        "`p`'s state (created lazily), whether it was just created, and its step t after this step is counted (None unless `uses_step`); the fused path calls it, and `step` has the same lines inline (see the comment there)."
+    def _count_step(self, p: Tensor, group: dict) -> tuple[dict, bool, int | Tensor | None]:
+        """`p`'s state (created lazily), whether it was just created, and its step t after this step is counted (None
+        unless `uses_step`); shared by every path. t is an int, except under `torch.compile`, where it is the counter
+        itself as a float64 0-dim tensor, as torch.optim does: `int()` of a tensor would break the graph (and a whole
+        compiled training step would recompile once per parameter), and a Python int would recompile at every step.
+        The rules take either (`beta ** t` is a tensor then)."""
         state, first = self._state(p, group)
         t = None
         if self.uses_step:
             state["step"] += 1
-            t = int(state["step"])
+            t = state["step"].double() if torch.compiler.is_compiling() else int(state["step"])
         return state, first, t
 
     @torch.no_grad()
@@ -575,18 +579,12 @@ class Optimizer(torch.optim.Optimizer):
             h = self.hyper(group)
             batches, matrix_batches = defaultdict(list), defaultdict(list)
             for p, g in self.params_with_grad(group):
-                # _count_step inlined: with it called here, torch.compile of a whole training step (dynamo 2.13)
-                # resumed after the int() graph break with another parameter's tensors (tests/test_training.py)
-                state, first = self._state(p, group)
-                t = None
-                if self.uses_step:
-                    state["step"] += 1
-                    t = int(state["step"])
+                state, first, t = self._count_step(p, group)
                 if self.per_matrix:
                     key = None if _is_dtensor(p) else self.matrix_batch_key(group, p)
                     if key is None: self._update_matrix(p, g, state, h, t, first)
                     else: matrix_batches[key].append((p, g, state, t, first))
-                elif self._use_foreach(group, p):
+                elif self._use_foreach(group, p) and not isinstance(t, Tensor):   # (compiled: t is a tensor, see _count_step)
                     batches[(p.device, p.dtype, first, t, tuple(state))].append(p)
                 elif group.get("cautious"):
                     self._cautious(lambda hh: self._update_one(p, g, state, hh, t, first), [p], [g], h)
