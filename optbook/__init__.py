@@ -6,7 +6,7 @@ __all__ = ['Optimizer', 'TensorList', 'default_device', 'SGD', 'sgd_update', 'Si
            'Adadelta', 'adagrad_update', 'rmsprop_update', 'adadelta_update', 'Adam', 'AdamW', 'Adamax', 'NAdam',
            'adam_update', 'adamax_update', 'nadam_update', 'Shampoo', 'shampoo_update', 'Rprop', 'Lion', 'rprop_update',
            'lion_update', 'Muon', 'MuonWithAuxAdam', 'muon_update', 'newton_schulz', 'muon_param_groups',
-           'muon_with_adamw', 'LBFGS', 'AdamWScheduleFree', 'AdEMAMix', 'SOAP', 'schedulefree_adamw_update',
+           'muon_with_adamw', 'LBFGS', 'AdamWScheduleFree', 'AdEMAMix', 'SOAP', 'Prodigy', 'schedulefree_adamw_update',
            'ademamix_update', 'soap_update']
 
 # %% ../nbs/index.ipynb #8fc447f7
@@ -18,7 +18,7 @@ from .shampoo import Shampoo, shampoo_update
 from .sign import Rprop, Lion, rprop_update, lion_update
 from .muon import Muon, MuonWithAuxAdam, muon_update, newton_schulz, muon_param_groups, muon_with_adamw
 from .lbfgs import LBFGS
-from .frontier import AdamWScheduleFree, AdEMAMix, SOAP, schedulefree_adamw_update, ademamix_update, soap_update
+from .frontier import AdamWScheduleFree, AdEMAMix, SOAP, Prodigy, schedulefree_adamw_update, ademamix_update, soap_update
 # Chapters 9-11 are modules, not optimizers: optbook.gradfree, optbook.search, optbook.attack (their names stay there);
 # so is the comparison protocol of the appendix, optbook.compare
 from . import gradfree, search, attack, compare
@@ -27,4 +27,4 @@ _all_ = ["Optimizer", "TensorList", "default_device", "SGD", "sgd_update", "Sign
          "Adam", "AdamW", "Adamax", "NAdam", "adam_update", "adamax_update", "nadam_update",
          "Shampoo", "shampoo_update", "Rprop", "Lion", "rprop_update", "lion_update",
          "Muon", "MuonWithAuxAdam", "muon_update", "newton_schulz", "muon_param_groups", "muon_with_adamw", "LBFGS",
-         "AdamWScheduleFree", "AdEMAMix", "SOAP", "schedulefree_adamw_update", "ademamix_update", "soap_update"]
+         "AdamWScheduleFree", "AdEMAMix", "SOAP", "Prodigy", "schedulefree_adamw_update", "ademamix_update", "soap_update"]

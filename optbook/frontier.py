@@ -11,7 +11,7 @@ from .core import Optimizer, TensorList, check_betas, check_int, check_nonneg, c
 
 # %% auto #0
 __all__ = ['schedulefree_adamw_update', 'AdamWScheduleFree', 'ademamix_schedules', 'ademamix_update', 'AdEMAMix',
-           'soap_eigenbasis', 'soap_refresh', 'soap_update', 'SOAP']
+           'soap_eigenbasis', 'soap_refresh', 'soap_update', 'SOAP', 'prodigy_moments', 'prodigy_step', 'Prodigy']
 
 # %% ../nbs/12_frontier.ipynb #frn00008
 def schedulefree_adamw_update(
@@ -153,13 +153,18 @@ class AdamWScheduleFree(Optimizer):
         return super().step(closure)
 
 # %% ../nbs/12_frontier.ipynb #frn00021
-def ademamix_schedules(t: int,                 # t: this step, counted from 1
+def ademamix_schedules(t: int | Tensor,        # t: this step, counted from 1 (a tensor under torch.compile)
                        alpha: float,           # α: the final weight of the slow EMA
                        beta1: float,           # β₁: where β₃'s warm-up starts
                        beta3: float,           # β₃: the final averaging coefficient of the slow EMA
                        T: int | None) -> tuple:  # T_{α,β₃}: warm-up length; None for no warm-up
     "(α_t, β₃(t)): α grows linearly, β₃ so that the slow EMA's half-life grows linearly (Pagliardini et al. 2024)."
     if T is None: return alpha, beta3
+    if isinstance(t, Tensor):   # t is the step counter (under torch.compile): the same formulas in tensor operations,
+        alpha, beta1, beta3 = (torch.as_tensor(x, dtype=t.dtype, device=t.device) for x in (alpha, beta1, beta3))
+        s = t / T                                            # so that nothing is read on the host and nothing recompiles
+        lb1, lb3 = torch.log(beta1), torch.log(beta3)
+        return torch.minimum(s * alpha, alpha), torch.minimum(torch.exp(lb1 * lb3 / ((1 - s) * lb3 + s * lb1)), beta3)
     a = min(t * alpha / T, alpha)
     lb1, lb3 = math.log(beta1), math.log(beta3)
     b3 = min(math.exp(lb1 * lb3 / ((1 - t / T) * lb3 + (t / T) * lb1)), beta3)
@@ -185,7 +190,8 @@ def ademamix_update(
 ) -> None:
     "One AdEMAMix step, in place: θ ← (1 − ηλ)θ − η·(m̂₁ + α m₂)/(√ν̂ + ε)."
     if maximize: g = -g
-    if T is not None: alpha, beta3 = ademamix_schedules(int(t), float(alpha), float(beta1), float(beta3), T)
+    if T is not None and isinstance(t, Tensor): alpha, beta3 = ademamix_schedules(t, alpha, beta1, beta3, T)
+    elif T is not None: alpha, beta3 = ademamix_schedules(int(t), float(alpha), float(beta1), float(beta3), T)
     m1.lerp_(g, 1 - beta1)                                   # m₁ ← β₁m₁ + (1 − β₁)g
     m2.lerp_(g, 1 - beta3)                                   # m₂ ← β₃m₂ + (1 − β₃)g   (no bias correction)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)            # ν ← β₂ν + (1 − β₂)g²
@@ -433,3 +439,204 @@ class SOAP(Optimizer):
 
     def update(self, p, g, s, h, *, t=None, first=False):
         soap_update(p, g, s["m"], s["v"], s.get("P"), s.get("Q"), s.get("B_P"), s.get("B_Q"), t=t, **h)
+
+# %% ../nbs/12_frontier.ipynb #4ec0e706
+def prodigy_moments(
+    p: Tensor,              # θ_t: the parameter (read, not changed)
+    g: Tensor,              # ḡ_t: its gradient (plus λθ_t when the decay is coupled)
+    p0: Tensor,             # θ_0: the starting point (every `slice_p`-th entry, flattened)
+    s: Tensor,              # s: the weighted sum of gradients (every `slice_p`-th entry), updated in place
+    m: Tensor | None,       # m: EMA of d·ḡ, updated in place; None when β₁ = 0
+    v: Tensor,              # v: EMA of d²ḡ², updated in place
+    *,
+    d: float,               # d_t: the current estimate of D = ‖θ_0 − θ*‖
+    dlr: float,             # d_t η_t: this step's size (η_t includes the bias correction)
+    d0: float,              # d_0: the initial estimate (the weights are scaled by d_t/d_0 against underflow)
+    beta1: float,           # β₁: averaging coefficient of m
+    beta2: float,           # β₂: averaging coefficient of v
+    beta3: float,           # β₃: averaging coefficient of s and r
+    safeguard: bool,        # weight s by d_t instead of d_t η_t (`safeguard_warmup`)
+    slice_p: int,           # use every slice_p-th entry for θ_0 and s
+) -> tuple[float, float]:
+    "Update m, v and s of one tensor; return its two terms of the estimate: (d_t/d_0) d_t η_t ⟨ḡ, θ_0 − θ_t⟩ and ‖s‖₁."
+    gs = g.flatten()[::slice_p]
+    r = (d / d0) * dlr * torch.dot(gs, p0 - p.flatten()[::slice_p]).item()     # this tensor's term of r
+    if m is not None: m.mul_(beta1).add_(g, alpha=d * (1 - beta1))               # m ← β₁m + (1 − β₁) d ḡ
+    v.mul_(beta2).addcmul_(g, g, value=d * d * (1 - beta2))                      # v ← β₂v + (1 − β₂) d² ḡ²
+    s.mul_(beta3).add_(gs, alpha=(d / d0) * (d if safeguard else dlr))           # s ← β₃s + (d/d₀) d η ḡ
+    return r, s.abs().sum().item()
+
+def prodigy_step(
+    p: Tensor,              # θ: the parameter, updated in place
+    g: Tensor,              # ḡ: its gradient (used only when β₁ = 0)
+    m: Tensor | None,       # m: EMA of d·ḡ; None when β₁ = 0
+    v: Tensor,              # v: EMA of d²ḡ²
+    *,
+    dlr: float,             # d_t η_t: the step size, with the estimate d_t from before this step's update
+    d: float,               # d_{t+1}: the updated estimate (it scales ε, and ḡ when β₁ = 0)
+    eps: float,             # ε: added to √v, scaled by d_{t+1}
+    lam: float | None,      # λ: decoupled weight decay, θ ← θ − d_t η_t λ θ; None for none (or coupled)
+) -> None:
+    "θ ← θ − d_t η_t λθ, then Adam's step with the estimated size: θ ← θ − d_t η_t m/(√v + d_{t+1} ε)."
+    denom = v.sqrt().add_(d * eps)
+    if lam is not None: p.add_(p, alpha=-lam * dlr)
+    if m is not None: p.addcdiv_(m, denom, value=-dlr)
+    else: p.addcdiv_(g, denom, value=-dlr * d)
+
+# %% ../nbs/12_frontier.ipynb #8fe3a5c6
+class Prodigy(Optimizer):
+    r"""Prodigy (Mishchenko & Defazio 2023): Adam whose learning rate is estimated from the gradients, as d ≈ ‖θ₀ − θ*‖.
+
+    When to use it: when you do not want to tune the learning rate. Leave `lr=1.0` (it multiplies the estimated
+    step; 0.5 to 2 via `d_coef` is the usual range of adjustment), and combine it with a schedule (cosine) as you would
+    with Adam. The estimate d only grows, so an early overshoot is not undone: use `safeguard_warmup=True` with a
+    warm-up schedule, or `growth_rate` (e.g. 1.02) to make d grow gradually. Its cost is Adam's plus two buffers
+    (θ₀ and s) per parameter and two device-to-host reads per tensor and step; `slice_p` > 1 estimates d from every
+    p-th entry to save memory. Not for runs where the learning rate is already well tuned: there it matches Adam at best.
+
+    {state_table}
+
+    The groups share the estimate (the sums run over every parameter of every group) and keep it as prodigyopt does:
+    `d`, `d_max`, `d_numerator` $=r_t$, `d_denom` $=\|s_t\|_1$, `d_hat` $=\hat d_{t+1}$, and `k` (steps taken).
+
+    With $\eta$ = `lr` (per group), $(\beta_1,\beta_2)$ = `betas`, $\beta_3$ = `beta3` ($\sqrt{\beta_2}$ if None),
+    $\varepsilon$ = `eps`, $\lambda$ = `weight_decay`, $c$ = `d_coef`, $\gamma$ = `growth_rate`, $d_1 = d_0$ = `d0`,
+    $r_0 = 0$, $s_0 = m_0 = v_0 = 0$, $\bar g_t = g_t + \lambda\theta_{t-1}$ if not `decouple` (else $g_t$),
+    $\eta_t = \eta\sqrt{1-\beta_2^t}/(1-\beta_1^t)$ with `use_bias_correction` (else $\eta$), and $w_t = d_t\eta_t$
+    ($d_t$ with `safeguard_warmup`):
+
+    $$
+    \begin{align*}
+    m_t &\leftarrow \beta_1 m_{t-1} + (1-\beta_1)\, d_t\, \bar g_t, \qquad
+        v_t \leftarrow \beta_2 v_{t-1} + (1-\beta_2)\, d_t^2\, \bar g_t^2,\\
+    r_t &= \beta_3 r_{t-1} + \tfrac{d_t}{d_0}\, d_t\eta_t \sum\langle \bar g_t,\ \theta_0 - \theta_{t-1}\rangle, \qquad
+        s_t \leftarrow \beta_3 s_{t-1} + \tfrac{d_t}{d_0}\, w_t\, \bar g_t,\\
+    \hat d_{t+1} &= c\, r_t \big/ \textstyle\sum\|s_t\|_1, \qquad
+        d_{t+1} = \min\bigl(\max_{i\le t+1}\hat d_i \vee d_0,\ \gamma\, d_t\bigr), \\
+    \theta_t &\leftarrow \theta_{t-1} - d_t\eta_t\,\lambda\,\theta_{t-1}\ \text{(if `decouple`)}, \qquad
+        \theta_t \leftarrow \theta_t - d_t\eta_t\, \frac{m_t}{\sqrt{v_t} + d_{t+1}\varepsilon},
+    \end{align*}
+    $$
+
+    where the sums run over all parameters with a gradient (every `slice_p`-th entry), $\hat d$'s maximum starts
+    at $d_0$, and the first step that finds $\hat d_2 > d_0$ takes it at once (γ binds from then on).
+    With $\beta_1 = 0$ there is no $m$ and the step is $d_t\eta_t\, d_{t+1}\bar g_t/(\sqrt{v_t} + d_{t+1}\varepsilon)$.
+
+    Conventions (those of `prodigyopt.Prodigy` 1.1.2, the authors' code; iterates agree up to rounding): the
+    step uses $d_t$ in $d_t\eta_t$ but the updated $d_{t+1}$ in front of ε; the $(1-\beta_3)$ factors of the paper are
+    left out of $r$ and $s$ (they cancel in $\hat d$), which are scaled by $d_t/d_0$ instead; a step whose
+    $\sum\|s_t\|_1$ is 0 (all gradients zero) changes nothing, not even the step count.
+    Differences: the parameter groups may have different learning rates (prodigyopt refuses that unless they are 0):
+    each group's $\eta$ enters its own $d_t\eta_t$; a group with `lr=0` is frozen (prodigyopt still decays it);
+    `p.grad` is left unchanged (prodigyopt adds the coupled decay into it); `step` in the state is a float
+    tensor, as in torch (prodigyopt's int loads too); nothing is printed; $\theta_0$ is
+    stored in full even for an all-zero parameter (prodigyopt keeps a scalar 0 there); `foreach` is accepted and
+    ignored (every tensor is updated alone). No complex parameters. Under `torch.compile` the step always runs
+    eagerly (`torch.compiler.disable`): the estimate is a host number, read from sums over every tensor at each step
+    (two reads per tensor, as in prodigyopt), so a traced step would break its graph once per tensor and recompile per
+    shape; a compiled training step compiles the forward and backward passes and calls this step as it is.
+
+    References: Mishchenko & Defazio (2023), Prodigy: An Expeditiously Adaptive Parameter-Free Learner, ICML 2024;
+    Defazio & Mishchenko (2023), Learning-Rate-Free Learning by D-Adaptation.
+    """
+    state_keys = {"m": ("exp_avg", "EMA of d·ḡ (absent when β₁ = 0)"),
+                  "v": ("exp_avg_sq", "EMA of d²ḡ²"),
+                  "s": ("s", "weighted sum of the gradients (every slice_p-th entry): the denominator of the estimate"),
+                  "\\theta_0": ("p0", "the starting point (every slice_p-th entry)")}
+    uses_step = True                  # state["step"]: a float tensor, as torch's; prodigyopt's int step loads too
+    supports_complex = False
+
+    def __init__(self, params,                     # parameters, or dicts defining parameter groups
+                 lr: float = 1.0,                  # η: a multiplier of the estimated step; leave it at 1
+                 betas: tuple[float, float] = (0.9, 0.999),  # (β₁, β₂): averaging coefficients of m and v
+                 beta3: float | None = None,       # β₃: averaging coefficient of r and s; None: √β₂
+                 eps: float = 1e-8,                # ε: added to √v (scaled by d)
+                 weight_decay: float = 0,          # λ: weight decay
+                 decouple: bool = True,            # decoupled (AdamW-style) decay; False: λθ added to the gradient
+                 use_bias_correction: bool = False,  # Adam's bias correction in η_t
+                 safeguard_warmup: bool = False,   # weight s by d instead of dη (for warm-up schedules)
+                 d0: float = 1e-6,                 # d_0: the initial estimate of D
+                 d_coef: float = 1.0,              # c: multiplies the estimate d̂ (the preferred knob)
+                 growth_rate: float = float("inf"),  # γ: d grows by at most this factor per step
+                 fsdp_in_use: bool = False,        # sum the estimate's terms over processes (sharded parameters)
+                 slice_p: int = 1,                 # estimate from every slice_p-th entry of each tensor
+                 *,
+                 foreach: bool | None = None):     # ignored: every tensor is updated alone
+        if not float(d0) > 0: raise ValueError(f"Invalid d0: {d0!r} (must be > 0)")
+        if not float(lr) > 0: raise ValueError(f"Invalid lr: {lr!r} (must be > 0)")
+        if not float(eps) > 0: raise ValueError(f"Invalid eps: {eps!r} (must be > 0)")
+        check_nonneg("weight_decay", weight_decay); check_nonneg("d_coef", d_coef)
+        if not float(growth_rate) >= 1: raise ValueError(f"Invalid growth_rate: {growth_rate!r} (must be >= 1)")
+        try: check_betas(betas)
+        except (ValueError, TypeError) as err: raise ValueError(f"Invalid betas: {betas!r}: {err}") from None
+        if beta3 is not None: check_range("beta3", beta3, 0.0, 1.0)
+        check_int("slice_p", slice_p)
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), beta3=beta3, eps=eps, weight_decay=weight_decay,
+                                      d=d0, d0=d0, d_max=d0, d_numerator=0.0, d_coef=d_coef, k=0,
+                                      growth_rate=growth_rate, use_bias_correction=use_bias_correction,
+                                      decouple=decouple, safeguard_warmup=safeguard_warmup, fsdp_in_use=fsdp_in_use,
+                                      slice_p=slice_p, foreach=foreach))
+        self.d0 = d0
+
+    def init_state(self, p, group):
+        "m = v = 0 (no m when β₁ = 0), s = 0, θ₀ = a copy of θ (every slice_p-th entry)."
+        z = lambda: torch.zeros_like(p, memory_format=torch.preserve_format)
+        st = {"m": z()} if group["betas"][0] > 0 else {}
+        st.update({"v": z(), "s": torch.zeros_like(p.flatten()[::group["slice_p"]]),
+                   "\\theta_0": p.detach().flatten()[::group["slice_p"]].clone()})
+        return st
+
+    def hyper(self, group):
+        "The group's η (before the bias correction) and the per-tensor constants."
+        beta1, beta2 = group["betas"]
+        beta3 = group["beta3"] if group["beta3"] is not None else math.sqrt(beta2)
+        return dict(eta=float(group["lr"]), beta1=float(beta1), beta2=float(beta2), beta3=float(beta3), eps=float(group["eps"]),
+                    lam=float(group["weight_decay"]), decouple=group["decouple"], d0=float(group["d0"]),
+                    safeguard=group["safeguard_warmup"], slice_p=group["slice_p"])
+
+    @torch.compiler.disable   # d is read on the host from sums over every tensor: a graph break per tensor if traced
+    @torch.no_grad()
+    def step(self, closure=None):
+        "One step: update the moments and the estimate's sums over all groups, update d, then step every parameter."
+        loss = self.evaluate(closure)
+        first = self.param_groups[0]
+        for group in self.param_groups: self.check_group(group)
+        k, d, d_max = first["k"], first["d"], first["d_max"]
+        beta1, beta2 = first["betas"]
+        bc = math.sqrt(1 - beta2 ** (k + 1)) / (1 - beta1 ** (k + 1)) if first["use_bias_correction"] else 1.0
+        hs = [self.hyper(group) for group in self.param_groups]
+        lr = max(h["eta"] for h in hs)
+        fsdp = first["fsdp_in_use"]
+        r, s_norm, todo = first["d_numerator"] * hs[0]["beta3"], 0.0, []
+        for group, h in zip(self.param_groups, hs):
+            dlr = d * h["eta"] * bc                                  # d_t η_t of this group
+            for p, g in self.params_with_grad(group):
+                fsdp = fsdp or hasattr(p, "_fsdp_flattened")
+                if h["lam"] != 0 and not h["decouple"]: g = g.add(p, alpha=h["lam"])   # ḡ = g + λθ (coupled decay)
+                state, _ = self._state(p, group)
+                m = state.get("exp_avg") if h["beta1"] > 0 else None
+                if h["eta"] > 0:
+                    dr, ds = prodigy_moments(p, g, state["p0"], state["s"], m, state["exp_avg_sq"], d=d, dlr=dlr,
+                                             d0=h["d0"], beta1=h["beta1"], beta2=h["beta2"], beta3=h["beta3"],
+                                             safeguard=h["safeguard"], slice_p=h["slice_p"])
+                    r += dr; s_norm += ds
+                todo.append((p, g, state, m, h, dlr))
+        if fsdp and torch.distributed.is_available() and torch.distributed.is_initialized():
+            both = torch.tensor([r - first["d_numerator"] * hs[0]["beta3"], s_norm], dtype=torch.float64,
+                                device=todo[0][0].device if todo else "cpu")
+            torch.distributed.all_reduce(both)
+            r, s_norm = first["d_numerator"] * hs[0]["beta3"] + both[0].item(), both[1].item()
+        if s_norm == 0: return loss                                  # no gradient information: nothing changes
+        d_hat = first["d_coef"] * r / s_norm                         # d̂ = c r / ‖s‖₁
+        if d == self.param_groups[-1]["d0"]: d = max(d, d_hat)       # the first estimate is taken at once
+        d_max = max(d_max, d_hat)
+        d = min(d_max, d * first["growth_rate"])                     # d only grows, by at most γ per step
+        for group in self.param_groups:
+            group.update(d_numerator=r, d_denom=s_norm, d=d, d_max=d_max, d_hat=d_hat)
+        for p, g, state, m, h, dlr in todo:
+            state["step"] += 1
+            if h["eta"] > 0:
+                prodigy_step(p, g, m, state["exp_avg_sq"], dlr=dlr, d=d, eps=h["eps"],
+                             lam=h["lam"] if h["lam"] != 0 and h["decouple"] else None)
+        for group in self.param_groups: group["k"] += 1
+        return loss

@@ -1,8 +1,8 @@
-"""Chapter 12 (前沿): Schedule-Free AdamW, AdEMAMix and SOAP against their references.
+"""Chapter 12 (前沿): Schedule-Free AdamW, AdEMAMix, SOAP and Prodigy against their references.
 
-Test-only references (settings.ini's dev_requirements; the book does not install them): `schedulefree==1.4.1` and
-`pytorch-optimizer==4.1.0`. The independent references below (the papers' algorithms written without optbook) are
-also the registry's references for these optimizers (tests/test_registry.py)."""
+Test-only references (settings.ini's dev_requirements; the book does not install them): `schedulefree==1.4.1`,
+`pytorch-optimizer==4.1.0` and `prodigyopt==1.1.2`. The independent references below (the papers' algorithms written
+without optbook) are also the registry's references for these optimizers (tests/test_registry.py)."""
 import copy
 import inspect
 import io
@@ -424,3 +424,186 @@ def test_cautious_adamw_and_lion_follow_the_paper(name, foreach):
     for p, q in zip(ends[True], qs): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
     # the mask acted (random gradients disagree with the momentum often): the plain path ends elsewhere
     assert max((a - b).abs().max().item() for a, b in zip(ends[True], ends[False])) > 1e-2
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Prodigy (Mishchenko & Defazio 2023) against the authors' package, prodigyopt==1.1.2 (a test-only reference), and
+# an independent reference written from the paper (the registry's: it allows groups with different learning rates)
+
+from optbook.frontier import Prodigy
+try: import prodigyopt
+except ImportError: prodigyopt = None
+needs_prodigyopt = pytest.mark.skipif(prodigyopt is None, reason="prodigyopt==1.1.2 (a test-only reference) is not installed")
+
+
+class ProdigyReference(torch.optim.Optimizer):
+    """Prodigy's Adam version from the paper (Algorithm 4), written without optbook, with prodigyopt 1.1.2's conventions:
+    no (1 − β₃) factors in r and s, both scaled by d/d₀; ε scaled by the updated d; the step size d_t·η·(bias correction)
+    with the d from before the update; a step with ‖s‖₁ = 0 does nothing. Each group uses its own lr (the package
+    refuses different ones); `foreach` is ignored. The estimate lives in the first group, so it survives a state_dict.
+    The tensor operations take prodigyopt's forms (in-place, with alpha/value), so that low precision rounds alike."""
+    def __init__(self, params, lr=1.0, betas=(0.9, 0.999), beta3=None, eps=1e-8, weight_decay=0, decouple=True,
+                 use_bias_correction=False, safeguard_warmup=False, d0=1e-6, d_coef=1.0, growth_rate=float("inf"),
+                 fsdp_in_use=False, slice_p=1, foreach=None):
+        super().__init__(params, dict(lr=lr, betas=betas, beta3=beta3, eps=eps, weight_decay=weight_decay, decouple=decouple,
+                                      bias=use_bias_correction, safeguard=safeguard_warmup, d_coef=d_coef,
+                                      growth=growth_rate, slice_p=slice_p, d0=d0, d=d0, d_max=d0, r=0.0, k=0))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad(): loss = closure()
+        G = self.param_groups[0]
+        b1, b2 = G["betas"]
+        b3 = math.sqrt(b2) if G["beta3"] is None else G["beta3"]
+        bc = math.sqrt(1 - b2 ** (G["k"] + 1)) / (1 - b1 ** (G["k"] + 1)) if G["bias"] else 1.0
+        d, d0, r, norm, todo = G["d"], G["d0"], G["r"] * b3, 0.0, []
+        for group in self.param_groups:
+            size, sp = d * group["lr"] * bc, group["slice_p"]
+            for p in group["params"]:
+                if p.grad is None: continue
+                g = p.grad.add(p, alpha=group["weight_decay"]) if not group["decouple"] and group["weight_decay"] else p.grad
+                st = self.state[p]
+                if not st:
+                    st.update(x0=p.flatten()[::sp].clone(), s=torch.zeros_like(p.flatten()[::sp]),
+                              m=torch.zeros_like(p), v=torch.zeros_like(p))
+                if group["lr"] > 0:
+                    gs = g.flatten()[::sp]
+                    r += (d / d0) * size * torch.dot(gs, st["x0"] - p.flatten()[::sp]).item()
+                    st["m"].mul_(b1).add_(g, alpha=d * (1 - b1))
+                    st["v"].mul_(b2).addcmul_(g, g, value=d * d * (1 - b2))
+                    st["s"].mul_(b3).add_(gs, alpha=(d / d0) * (d if group["safeguard"] else size))
+                    norm += st["s"].abs().sum().item()
+                todo.append((p, g, st, group, size))
+        if norm == 0: return loss
+        d_hat = G["d_coef"] * r / norm
+        if d == d0: d = max(d, d_hat)
+        G["d_max"] = max(G["d_max"], d_hat)
+        G["d"], G["r"], G["k"] = min(G["d_max"], d * G["growth"]), r, G["k"] + 1
+        d = G["d"]
+        for p, g, st, group, size in todo:
+            if group["lr"] == 0: continue
+            denom = st["v"].sqrt().add_(d * group["eps"])
+            if group["decouple"] and group["weight_decay"] != 0: p.add_(p, alpha=-group["weight_decay"] * size)
+            if b1 > 0: p.addcdiv_(st["m"], denom, value=-size)
+            else: p.addcdiv_(g, denom, value=-size * d)
+        return loss
+
+
+def run_pull(opt, ps, steps, start=0, sometimes=None):
+    "Like `run`, with gradients that pull each parameter towards a target (plus noise), so that d really grows."
+    out = []
+    for k in range(start, start + steps):
+        gen = torch.Generator().manual_seed(1000 + k)
+        for i, p in enumerate(ps):
+            target = torch.full(p.shape, 1.0 + i, dtype=F64).to(p.dtype)
+            g = (p.detach() - target) * (i + 1) + 0.3 * torch.randn(p.shape, generator=gen, dtype=F64).to(p.dtype)
+            p.grad = None if (i == sometimes and k % 2) else g
+        opt.step()
+        out.append([p.detach().clone() for p in ps])
+    return out
+
+
+PRODIGY_SETTINGS = [dict(), dict(weight_decay=0.1), dict(weight_decay=0.1, decouple=False), dict(use_bias_correction=True),
+                    dict(safeguard_warmup=True, use_bias_correction=True), dict(d_coef=0.5), dict(growth_rate=1.02),
+                    dict(betas=(0.0, 0.99), beta3=0.9), dict(lr=0.5, d0=1e-3, eps=1e-6), dict(slice_p=3, weight_decay=0.05)]
+
+
+def _quiet_prodigyopt(*args, **kwargs):
+    "prodigyopt.Prodigy, without the line it prints when the decay is decoupled."
+    import contextlib
+    with contextlib.redirect_stdout(io.StringIO()): return prodigyopt.Prodigy(*args, **kwargs)
+
+
+@needs_prodigyopt
+def test_prodigy_signature_and_defaults_match_the_package():
+    ours, ref = inspect.signature(Prodigy), inspect.signature(prodigyopt.Prodigy)
+    assert list(ours.parameters)[:len(ref.parameters)] == list(ref.parameters)
+    assert list(ours.parameters)[len(ref.parameters):] == ["foreach"]          # optbook's one addition, ignored
+    for name, p in ref.parameters.items():
+        assert ours.parameters[name].default == p.default, name
+    a = Prodigy(params()[:1]).param_groups[0]
+    b = prodigyopt.Prodigy(params()[:1]).param_groups[0]
+    assert {k: v for k, v in a.items() if k not in ("params", "foreach")} == \
+        {k: (tuple(v) if k == "betas" else v) for k, v in b.items() if k != "params"}
+
+
+@needs_prodigyopt
+@pytest.mark.parametrize("kw", PRODIGY_SETTINGS, ids=lambda kw: "-".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
+def test_prodigy_matches_the_package(kw):
+    "Two groups with the same lr (the package refuses others), a parameter with a gradient every other step: 30 steps."
+    pa, pb = params(), params()
+    a = Prodigy([{"params": pa[:2]}, {"params": pa[2:]}], **kw)
+    b = _quiet_prodigyopt([{"params": pb[:2]}, {"params": pb[2:]}], **kw)
+    assert_close_paths(run_pull(a, pa, 30, sometimes=4), run_pull(b, pb, 30, sometimes=4))
+    for ga, gb in zip(a.param_groups, b.param_groups):
+        for key in ("d", "d_max", "d_numerator", "d_denom", "d_hat", "k"): assert ga[key] == pytest.approx(gb[key], rel=1e-12), key
+    assert a.param_groups[0]["d"] > kw.get("d0", 1e-6), "the estimate grew"
+
+
+@needs_prodigyopt
+def test_prodigy_catches_a_tiny_lr_error():
+    class Off(Prodigy):
+        def hyper(self, group):
+            h = super().hyper(group); h["eta"] *= 1 + 1e-9; return h
+    pa, pb = params(), params()
+    with pytest.raises(AssertionError): assert_close_paths(run_pull(Off(pa), pa, 10), run_pull(prodigyopt.Prodigy(pb), pb, 10))
+
+
+@needs_prodigyopt
+def test_prodigy_state_dicts_swap_with_the_package_and_resume():
+    kw = dict(weight_decay=0.1, use_bias_correction=True)
+    pa = params()
+    a = Prodigy(pa, **kw); run_pull(a, pa, 8)
+    buf = io.BytesIO(); torch.save(a.state_dict(), buf); buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    pb, pc = [p.clone() for p in pa], [p.clone() for p in pa]
+    b = _quiet_prodigyopt(pb, **kw); b.load_state_dict(copy.deepcopy(saved))
+    c = Prodigy(pc, **kw); c.load_state_dict(saved)
+    ra, rb, rc = run_pull(a, pa, 8, start=8), run_pull(b, pb, 8, start=8), run_pull(c, pc, 8, start=8)
+    assert_close_paths(ra, rb)
+    for x, y in zip(ra, rc):
+        for u, w in zip(x, y): assert torch.equal(u, w)                        # our own resume: bit for bit
+    d = Prodigy([p.clone() for p in pb], **kw)
+    d.load_state_dict(copy.deepcopy(b.state_dict()))                          # and the package's state_dict into ours
+    assert d.param_groups[0]["k"] == b.param_groups[0]["k"] == 16 and d.param_groups[0]["d"] == b.param_groups[0]["d"]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=0.1, decouple=False, use_bias_correction=True),
+                                dict(betas=(0.0, 0.99), safeguard_warmup=True, growth_rate=1.05)])
+def test_prodigy_matches_the_independent_reference_with_group_lrs(kw):
+    "Groups with different learning rates (which prodigyopt refuses): each group's η enters its own step."
+    pa, pb = params(), params()
+    a = Prodigy(groups(pa, 1.0), **kw)
+    b = ProdigyReference(groups(pb, 1.0), **kw)
+    assert_close_paths(run_pull(a, pa, 25, sometimes=4), run_pull(b, pb, 25, sometimes=4))
+    assert a.param_groups[0]["d"] == pytest.approx(b.param_groups[0]["d"], rel=1e-12)
+
+
+def test_prodigy_estimate_is_a_lower_bound_on_a_convex_problem():
+    "On a convex quadratic, d̂ = r/‖s‖₁ <= ‖θ₀ − θ*‖∞ at every step, and d grows monotonically to that order."
+    gen = torch.Generator().manual_seed(0)
+    M = torch.randn(10, 10, generator=gen, dtype=F64); A = M @ M.T / 10 + 0.1 * torch.eye(10, dtype=F64)
+    star = 2 * torch.randn(10, generator=gen, dtype=F64)
+    th = torch.zeros(10, dtype=F64, requires_grad=True)
+    D = (th.detach() - star).abs().max().item()
+    opt, ds = Prodigy([th]), []
+    for _ in range(200):
+        opt.zero_grad(); (0.5 * (th - star) @ A @ (th - star)).backward(); opt.step()
+        ds.append(opt.param_groups[0]["d"]); assert opt.param_groups[0]["d_hat"] <= D
+    assert ds == sorted(ds) and 0.05 * D < ds[-1] <= D
+
+
+def test_prodigy_leaves_the_gradient_and_frozen_groups_alone():
+    p, q = torch.randn(4, dtype=F64), torch.randn(3, dtype=F64)
+    opt = Prodigy([{"params": [p]}, {"params": [q], "lr": 0.0}], weight_decay=0.1, decouple=False)
+    q0 = q.clone()
+    for _ in range(3):
+        g = torch.randn(4, dtype=F64); p.grad, q.grad = g.clone(), torch.randn(3, dtype=F64)
+        opt.step()
+        assert torch.equal(p.grad, g)                                          # the coupled decay is not written into p.grad
+    assert torch.equal(q, q0)                                                  # lr = 0: frozen
+    with pytest.raises(ValueError, match="d0"): Prodigy([p], d0=0.0)
+    with pytest.raises(ValueError, match="growth_rate"): Prodigy([p], growth_rate=0.5)
+    with pytest.raises(ValueError, match="slice_p"): Prodigy([p], slice_p=0)

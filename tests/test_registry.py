@@ -355,6 +355,27 @@ REGISTRY = [
                  "operations) at 1e-10, and the random-gradient grid here passes at RTOL",
              "test_checks_catch_a_foreach_path_that_updates_nothing":
                  "per_matrix: every tensor is updated alone, so there is no foreach path to break (foreach is ignored)"}),
+    # Prodigy: the reference is tests/test_frontier.py's ProdigyReference, written from the paper with prodigyopt 1.1.2's
+    # conventions (the package itself refuses groups with different learning rates; test_frontier.py compares with it).
+    # d0 = 0.05: the registry's random gradients give no progress to estimate, so d stays at d0; a visible step size
+    # lets the comparisons (and the lr mutant) bite. test_frontier.py runs gradients under which d grows.
+    Entry("Prodigy", optbook.Prodigy, __import__("test_frontier").ProdigyReference, [
+        dict(lr=1.0, d0=0.05),
+        dict(lr=1.0, d0=0.05, use_bias_correction=True, safeguard_warmup=True),
+        dict(lr=0.5, d0=0.05, betas=(0.9, 0.99), weight_decay=1e-9, growth_rate=1.1),
+    ], grid=[dict(lr=1.0, betas=(b1, 0.99), eps=1e-6, weight_decay=w, decouple=dc, use_bias_correction=bc, d0=1e-3)
+             for b1, w, dc, bc in itertools.product((0.0, 0.9), (0.0, 0.1), (True, False), (False, True))],
+       # quadratic_sched: Prodigy is used with a schedule (the paper's runs use cosine); at a fixed step, β₂ = 0.99 hovers
+       torch_state=False, complex_ok=False, quadratic_steps=1000, quadratic_sched=True, rosenbrock=dict(lr=1.0),
+       bad_args=[dict(lr=-0.1), dict(lr=float("nan")), dict(eps=0.0), dict(d0=0.0), dict(weight_decay=-0.1),
+                 dict(betas=(1.0, 0.999)), dict(beta3=1.0), dict(growth_rate=0.5), dict(slice_p=0)],
+       skip={"test_state_follows_the_device":
+                 "the estimate d reads sums with .item() (as prodigyopt) at every step, which FakeTensorMode cannot; the "
+                 "state is made by init_state with zeros_like/clone of the parameter",
+             "test_rule_compiles_and_lr_changes_recompile_nothing":
+                 "no per-tensor rule to compile: the step size d is a sum over every parameter, read on the host",
+             "test_checks_catch_a_foreach_path_that_updates_nothing":
+                 "every tensor is updated alone, so there is no foreach path to break (foreach is ignored)"}),
     # --- end frontier ---
 ]
 
