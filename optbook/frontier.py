@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from .core import Optimizer, TensorList, check_betas, check_int, check_nonneg, check_range, off
+from .shampoo import eigh_finite
 
 # %% auto #0
 __all__ = ['schedulefree_adamw_update', 'AdamWScheduleFree', 'ademamix_schedules', 'ademamix_update', 'AdEMAMix',
@@ -286,7 +287,7 @@ class AdEMAMix(Optimizer):
 def soap_eigenbasis(S: Tensor) -> Tensor:
     "The eigenvectors of the symmetric S, by decreasing eigenvalue (a tiny 1e-30·I as in the SOAP authors' code)."
     work = torch.float32 if S.dtype in (torch.bfloat16, torch.float16) else S.dtype   # eigh has no bf16/fp16 kernels
-    _, Q = torch.linalg.eigh(S.to(work) + 1e-30 * torch.eye(S.shape[0], dtype=work, device=S.device))
+    _, Q = eigh_finite(S.to(work) + 1e-30 * torch.eye(S.shape[0], dtype=work, device=S.device))   # NaN if S is not finite
     return Q.flip(1).to(S.dtype)
 
 def soap_refresh(S: Tensor,    # the statistic P or Q

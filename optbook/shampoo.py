@@ -11,15 +11,24 @@ from torch import Tensor
 from .core import Optimizer, check_int, check_nonneg, check_range, off
 
 # %% auto #0
-__all__ = ['inv_root', 'shampoo_update', 'Shampoo']
+__all__ = ['eigh_finite', 'inv_root', 'shampoo_update', 'Shampoo']
 
 # %% ../nbs/05_shampoo.ipynb #73b4a55a
+def eigh_finite(S: Tensor) -> tuple[Tensor, Tensor]:
+    """`torch.linalg.eigh(S)`, except that a matrix with a NaN or ±inf entry gives NaN eigenvalues and eigenvectors
+    instead of raising `LinAlgError`: a non-finite gradient then makes its parameter non-finite at that step, as in
+    torch.optim, instead of an error at every later step. No host read (the check is a tensor)."""
+    ok = torch.isfinite(S).all()
+    h, V = torch.linalg.eigh(torch.where(ok, S, torch.eye(S.shape[-1], dtype=S.dtype, device=S.device)))
+    bad = torch.where(ok, 0.0, float("nan")).to(S.dtype)        # 0, or NaN when S is not finite
+    return h + bad, V + bad
+
 def inv_root(S: Tensor,        # a symmetric positive semi-definite matrix (ε I already added)
              eps: float | Tensor,  # ε: eigenvalues computed below it (round-off) are raised to it
              k: int = 4) -> Tensor:  # the root: S^{-1/k}
     "S^{-1/k} from a symmetric eigendecomposition S = V diag(h) Vᵀ; bf16/fp16 matrices are decomposed in float32."
     work = torch.float32 if S.dtype in (torch.bfloat16, torch.float16) else S.dtype
-    h, V = torch.linalg.eigh(S.to(work))
+    h, V = eigh_finite(S.to(work))
     return ((V * h.clamp_min(eps).pow(-1.0 / k)) @ V.mT).to(S.dtype)
 
 def shampoo_update(

@@ -1061,12 +1061,7 @@ def test_another_optimizers_state_dict_is_refused_and_changes_nothing(entry):
 
 
 NONFINITE = pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
-HIDES_NONFINITE = {   # known gaps: the owner's one-line fix turns these into XPASS, a failure, so the entry goes
-    "Shampoo": "torch.linalg.eigh raises LinAlgError on a statistic holding NaN or inf, after P and Q took it in",
-    "SOAP": "step 1 only builds the bases (the authors' convention), and torch.linalg.eigh raises LinAlgError on a "
-            "statistic holding NaN or inf",
-    "SOAP": "torch.linalg.eigh raises LinAlgError on a statistic holding NaN or inf (as Shampoo)",
-}
+HIDES_NONFINITE = {}   # name -> reason: known gaps (strict xfails); none at present
 
 
 @ENTRIES
