@@ -292,9 +292,16 @@ def nadam_update(
     # (a 0-dim scalar even when the fused path hands the state over as a 1-element vector: it would promote g and m)
     m.lerp_(g, 1 - beta1)                                        # m ← β₁m + (1 − β₁)g
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)                # v ← β₂v + (1 − β₂)g²
-    denom = v.div(1 - beta2 ** t).sqrt().add_(eps)               # √v̂ + ε
-    p.sub_(g.mul(eta * (1 - omega) / (1 - prod)).div_(denom))    # θ ← θ − η(1 − ω_t)/(1 − ω_{1:t})·g/(√v̂ + ε)
-    p.sub_(m.mul(eta * omega_next / (1 - prod * omega_next)).div_(denom))  # − η·ω_{t+1}/(1 − ω_{1:t+1})·m/(√v̂ + ε)
+    denom = v.div(1 - beta2 ** t).sqrt_().add_(eps)              # √v̂ + ε
+    if (prod.device.type == "cpu" and not torch.compiler.is_compiling()          # eager on the CPU, with numbers for
+            and not any(isinstance(x, Tensor) for x in (t, eta, beta1, psi))):    # t and the hyperparameters: the two
+        c = prod.item()                                          # coefficients as Python floats, as torch.optim.NAdam
+        p.addcdiv_(g, denom, value=-eta * (1 - omega) / (1 - c))   # (whose ω_{1:t} is a CPU tensor: a read, not a sync)
+        p.addcdiv_(m, denom, value=-eta * omega_next / (1 - c * omega_next))
+        return
+    u = g.mul(eta * (1 - omega) / (1 - prod))                    # u = η(1 − ω_t)/(1 − ω_{1:t})·g
+    u.addcmul_(m, eta * omega_next / (1 - prod * omega_next))    #   + η·ω_{t+1}/(1 − ω_{1:t+1})·m
+    p.addcdiv_(u, denom, value=-1)                               # θ ← θ − u/(√v̂ + ε): one pass over θ, no host read
 
 # %% ../nbs/04_adam.ipynb #16ba522d
 class NAdam(Optimizer):
