@@ -611,7 +611,10 @@ def _local_part(full: Tensor, shard) -> Tensor:
 # %% ../nbs/90_core.ipynb #sgn00002
 def nan_sign(x: Tensor | TensorList) -> Tensor | TensorList:
     "sign(x), except NaN where x is NaN or ±inf: a non-finite gradient stays visible in the parameters it moves (`torch.sign(nan)` is 0)."
-    return torch.where(x.isfinite(), x.sign(), torch.nan)   # explicit: a compiler may fold an algebraic trick (sign + 0·x)
+    if torch.compiler.is_compiling():                       # explicit: a compiler may fold the algebra below (x − x → 0)
+        return torch.where(x.isfinite(), x.sign(), torch.nan)
+    return x.sign().add_(x - x)                             # eager: + 0 where finite, NaN where not (inf − inf, NaN − NaN);
+                                                            # twice as fast as torch.where on the CPU
 
 def sign_update(
     p: Tensor | TensorList,          # θ: the parameters, updated in place

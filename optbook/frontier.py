@@ -533,7 +533,7 @@ class Prodigy(Optimizer):
     tensor, as in torch (prodigyopt's int loads too); nothing is printed; $\theta_0$ is
     stored in full even for an all-zero parameter (prodigyopt keeps a scalar 0 there); `foreach` is accepted and
     ignored (every tensor is updated alone). No complex parameters. Under `torch.compile` the step always runs
-    eagerly (`torch.compiler.disable`): the estimate is a host number, read from sums over every tensor at each step
+    eagerly (`torch._disable_dynamo`, as torch.optim's `zero_grad`): the estimate is a host number, read from sums over every tensor at each step
     (two reads per tensor, as in prodigyopt), so a traced step would break its graph once per tensor and recompile per
     shape; a compiled training step compiles the forward and backward passes and calls this step as it is.
 
@@ -595,7 +595,8 @@ class Prodigy(Optimizer):
                     lam=float(group["weight_decay"]), decouple=group["decouple"], d0=float(group["d0"]),
                     safeguard=group["safeguard_warmup"], slice_p=group["slice_p"])
 
-    @torch.compiler.disable   # d is read on the host from sums over every tensor: a graph break per tensor if traced
+    @torch._disable_dynamo    # never traced: d is read on the host from sums over every tensor (torch.optim's zero_grad
+                              # is wrapped so too: torch._dynamo is imported at the first call, not at import)
     @torch.no_grad()
     def step(self, closure=None):
         "One step: update the moments and the estimate's sums over all groups, update d, then step every parameter."

@@ -26,13 +26,14 @@ def rprop_update(
 ) -> None:
     "One Rprop step (torch's iRprop−), in place: σ ← clip(σ·ζ, σ_min, σ_max), g ← 0 where the sign flipped, θ ← θ − σ·sign(g)."
     if maximize: g = -g
-    s = (g * g_prev).sign()                                  # +1: same sign as last step; −1: flipped; 0: either is 0
-    zeta = torch.where(s > 0, zeta_plus, torch.where(s < 0, zeta_minus, s + 1))   # s = 0 → 1 (and nan stays nan, as in torch)
-    sigma.mul_(zeta).clamp_min_(sigma_min).clamp_max_(sigma_max)   # σ ← min(max(σ·ζ, σ_min), σ_max)
-    g = g.masked_fill((s < 0).logical_and_(g.isfinite()), 0)  # after a flip: no move now, and no sign to compare next step
-                                                             # (an ±inf is kept, to show in θ: torch's Rprop drops it here)
-    p.addcmul_(nan_sign(g), sigma, value=-1)                 # θ ← θ − σ·sign(g); NaN where g is not finite
-    g_prev.copy_(g)                                          # ǧ ← g
+    s = (g * g_prev).sign_()                                 # +1: same sign as last step; −1: flipped; 0: either is 0
+    pos, neg = s.clamp_min(0), s.clamp_max(0)                # s where s = +1 (else 0), s where s = −1 (else 0)
+    zeta = neg.add(1).sub_(pos)                              # 1 where s = 0, else 0; then + ζ₊ where s = +1, + ζ₋ where
+    zeta.add_(pos.mul_(zeta_plus)).sub_(neg.mul_(zeta_minus))   # s = −1: ζ exactly (only zeros are added), and without
+    sigma.mul_(zeta).clamp_min_(sigma_min).clamp_max_(sigma_max)   # torch.where (slow on the CPU). σ ← clip(σ·ζ)
+    keep = s.add_(1).clamp_max_(1)                           # 0 after a flip, else 1 (NaN stays NaN)
+    p.addcmul_(nan_sign(g).mul_(keep), sigma, value=-1)      # θ ← θ − σ·sign(g) where no flip; NaN where g is not finite
+    g_prev.copy_(g).mul_(keep)                               # ǧ ← g, 0 after a flip: no sign to compare next step
 
 # %% ../nbs/06_sign.ipynb #e8cae9d7
 def _scalar(x): return x.item() if isinstance(x, Tensor) else x
