@@ -170,9 +170,14 @@ def sweep(problem: Callable,   # problem(seed) -> (params, loss_fn), as for `run
           hparams: Optional[dict] = None,  # name -> {hyperparameter: values}: swept jointly with η (a grid)
           seeds: Sequence[int] = (0,),     # one run per seed at every setting; the median decides
           extend: int = 4,     # how many times a grid may grow by one point past the edge where the best η sits
+          target: Optional[float] = None,  # tune on time to target: fewest evaluations to a loss <= target (median over seeds)
           show: bool = False,  # a progress bar over the runs (tqdm, when installed)
           **run_options) -> Sweep:  # more options for `run_budget` (blowup)
-    "Tune every method on its own log grid of η (and `hparams`) at the same budget, extending a grid whose best η is at an edge (downward if every run diverged); a `RuntimeError` if it still is."
+    """Tune every method on its own log grid of η (and `hparams`) at the same budget, extending a grid whose best η is at an edge (downward if every run diverged); a `RuntimeError` if it still is.
+
+    The tuned setting minimizes the median final loss over the seeds; with `target`, it minimizes the median number of
+    gradient evaluations to reach a loss <= `target` (`evals_to_target`; AlgoPerf's time to target), ties broken by the
+    median final loss. `Best.score` is the median final loss either way."""
     budget = check_int("budget", budget)
     seeds = tuple(check_int("seed", s, lo=0) for s in seeds)
     if not seeds: raise ValueError("sweep needs at least one seed")
@@ -187,13 +192,20 @@ def sweep(problem: Callable,   # problem(seed) -> (params, loss_fn), as for `run
         key = (name, lr, tuple(sorted(hp.items())))
         if key not in out.runs:
             out.runs[key] = [run_budget(problem, methods[name], lr, budget, seed=s, **run_options, **hp) for s in seeds]
+    def key(name, lr, hp) -> tuple:
+        "What the tuning minimizes at one setting: (median final loss,), or (median evaluations to target, median final loss)."
+        final = _score(out.finals(name, lr, hp))
+        if target is None: return (final,)
+        traces = out.runs[(name, lr, tuple(sorted(hp.items())))]
+        return (_score([evals_to_target(t, target) for t in traces]), final)
     jobs = [(n, lr, hp) for n in methods for hp in out.settings[n] for lr in out.grids[n]]
     for job in progress(jobs, enabled=show, desc="sweep"): run(*job)
     for name in methods:
         for _ in range(extend + 1):
             grid = out.grids[name]
-            cands = [(_score(out.finals(name, lr, hp)), i, lr, hp) for hp in out.settings[name] for i, lr in enumerate(grid)]
-            score, i, lr, hp = min(cands, key=lambda c: (c[0], c[1]))
+            cands = [(key(name, lr, hp), i, lr, hp) for hp in out.settings[name] for i, lr in enumerate(grid)]
+            k, i, lr, hp = min(cands, key=lambda c: (c[0], c[1]))
+            score = k[-1]                                  # the median final loss
             if not math.isfinite(score): i = 0        # every run diverged: look at smaller learning rates
             elif 0 < i < len(grid) - 1: break
             step = grid[1] / grid[0] if i == 0 else grid[-1] / grid[-2]

@@ -77,7 +77,9 @@ class AdamWScheduleFree(Optimizer):
     enters $u$ (it is neither L2 through $v$ nor AdamW's decoupled form); no bias correction of a first moment
     (there is none). One difference: `step()` on a fresh optimizer (no state yet) enters train mode by itself,
     since `train()` would change nothing then; after training, `step()` in eval mode raises, as in `schedulefree`.
-    $\beta_1 = 0$ is refused, since `eval()` divides by it. No `maximize`, no complex parameters.
+    $\beta_1 = 0$ is refused, since `eval()` divides by it. No `maximize`, no complex parameters. optbook adds a
+    keyword-only `fused=True` (the rule compiled into single-pass kernels, as for the other elementwise optimizers);
+    it turns `foreach` off, whose default here is schedulefree's `True`.
 
     References: Defazio, Yang, Mehta, Mishchenko, Khaled & Cutkosky (2024), The Road Less Scheduled, NeurIPS.
     """
@@ -94,7 +96,9 @@ class AdamWScheduleFree(Optimizer):
                  warmup_steps: int = 0,            # T_w: linear warm-up of η over the first T_w steps
                  r: float = 0.0,                   # r: the weights of the average grow as t^r
                  weight_lr_power: float = 2.0,     # p_w: the weights grow as (η^max)^p_w (matters during warm-up)
-                 foreach: bool | None = hasattr(torch, "_foreach_mul_")):  # multi-tensor path (schedulefree's default)
+                 foreach: bool | None = hasattr(torch, "_foreach_mul_"),  # multi-tensor path (schedulefree's default)
+                 *,
+                 fused: bool | None = None):       # single-pass kernels from the same rule (optbook.fused)
         check_nonneg("lr", lr); check_nonneg("eps", eps); check_nonneg("weight_decay", weight_decay)
         check_nonneg("r", r); check_nonneg("weight_lr_power", weight_lr_power)
         try: check_betas(betas)
@@ -102,9 +106,11 @@ class AdamWScheduleFree(Optimizer):
         if not float(betas[0]) > 0:
             raise ValueError(f"Invalid betas: {betas!r} (beta1 must be > 0: eval() recovers x = (y - (1 - beta1) z)/beta1)")
         check_int("warmup_steps", warmup_steps, lo=0)
+        if fused: foreach = False          # fused=True takes the place of foreach, whose default here is schedulefree's True
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, r=r, k=0, warmup_steps=warmup_steps,
                                       train_mode=False, weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0,
-                                      weight_lr_power=weight_lr_power, weight_decay=weight_decay, foreach=foreach))
+                                      weight_lr_power=weight_lr_power, weight_decay=weight_decay, foreach=foreach,
+                                      fused=fused))
 
     def init_state(self, p, group):
         "z = θ₀ (a copy of the parameter), v = 0."

@@ -207,3 +207,15 @@ def test_plots_draw_every_method():
     labels = [l.get_label() for l in ax.get_lines()]
     assert len(labels) == 2 and all("η=" in l for l in labels)
     plt.close("all")
+
+
+def test_tuning_on_time_to_target_picks_the_fastest_setting_not_the_lowest_final_loss():
+    "On ½(100θ₁² + θ₂²) the η that reaches the target first is not the one with the lowest final loss; `target` picks the former."
+    grid, problem, target = log_grid(3e-4, 3e-2, per_decade=6), quadratic((100.0, 1.0)), 5.0
+    by_final = sweep(problem, {"GD": sgd}, 60, grid)
+    by_time = sweep(problem, {"GD": sgd}, 60, grid, target=target)
+    steps = {lr: evals_to_target(by_time.runs[("GD", lr, ())][0], target) for lr in by_time.grids["GD"]}
+    fastest = min(steps, key=steps.get)
+    assert by_time.best["GD"].lr == fastest == grid[9] and steps[fastest] < steps[grid[10]]
+    assert by_final.best["GD"].lr == grid[10] != fastest                 # the final loss prefers the larger η
+    assert by_time.best["GD"].score == by_time.finals("GD", fastest)[0]   # Best.score is the final loss either way

@@ -193,7 +193,10 @@ SF_SETTINGS = [dict(), dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, warmup
 @needs_schedulefree
 def test_schedulefree_signature_and_defaults_match_the_package():
     ours, ref = inspect.signature(AdamWScheduleFree), inspect.signature(schedulefree.AdamWScheduleFree)
-    assert list(ours.parameters) == list(ref.parameters)
+    n = len(ref.parameters)
+    assert list(ours.parameters)[:n] == list(ref.parameters)
+    own = list(ours.parameters.values())[n:]       # optbook's own switch, last, keyword-only, off by default
+    assert [(p.name, p.kind, p.default) for p in own] == [("fused", inspect.Parameter.KEYWORD_ONLY, None)]
     for name, p in ref.parameters.items():
         assert ours.parameters[name].default == p.default, name
     a = AdamWScheduleFree(params()[:1]).param_groups[0]
