@@ -613,8 +613,8 @@ def nan_sign(x: Tensor | TensorList) -> Tensor | TensorList:
     "sign(x), except NaN where x is NaN or ±inf: a non-finite gradient stays visible in the parameters it moves (`torch.sign(nan)` is 0)."
     if torch.compiler.is_compiling():                       # explicit: a compiler may fold the algebra below (x − x → 0)
         return torch.where(x.isfinite(), x.sign(), torch.nan)
-    return x.sign().add_(x - x)                             # eager: + 0 where finite, NaN where not (inf − inf, NaN − NaN);
-                                                            # twice as fast as torch.where on the CPU
+    return x.sign().add_(x, alpha=0)                        # eager: + 0·x, which is 0 where x is finite and NaN where not
+                                                            # (0·inf, 0·NaN); one temporary, twice as fast as torch.where
 
 def sign_update(
     p: Tensor | TensorList,          # θ: the parameters, updated in place

@@ -27,13 +27,13 @@ def rprop_update(
     "One Rprop step (torch's iRprop−), in place: σ ← clip(σ·ζ, σ_min, σ_max), g ← 0 where the sign flipped, θ ← θ − σ·sign(g)."
     if maximize: g = -g
     s = (g * g_prev).sign_()                                 # +1: same sign as last step; −1: flipped; 0: either is 0
-    pos, neg = s.clamp_min(0), s.clamp_max(0)                # s where s = +1 (else 0), s where s = −1 (else 0)
-    zeta = neg.add(1).sub_(pos)                              # 1 where s = 0, else 0; then + ζ₊ where s = +1, + ζ₋ where
-    zeta.add_(pos.mul_(zeta_plus)).sub_(neg.mul_(zeta_minus))   # s = −1: ζ exactly (only zeros are added), and without
-    sigma.mul_(zeta).clamp_min_(sigma_min).clamp_max_(sigma_max)   # torch.where (slow on the CPU). σ ← clip(σ·ζ)
-    keep = s.add_(1).clamp_max_(1)                           # 0 after a flip, else 1 (NaN stays NaN)
-    p.addcmul_(nan_sign(g).mul_(keep), sigma, value=-1)      # θ ← θ − σ·sign(g) where no flip; NaN where g is not finite
-    g_prev.copy_(g).mul_(keep)                               # ǧ ← g, 0 after a flip: no sign to compare next step
+    # ζ = ζ₊, ζ₋ or 1 where s = +1, −1, 0, exactly: where s = ±1, 1 + (ζ₊ + 1)s lies beyond [ζ₋, ζ₊] and the clamp returns
+    # the bound itself. Computed in ǧ's memory, which is rewritten below: no temporary (on the CPU, allocation dominates)
+    zeta = g_prev.copy_(s).mul_(zeta_plus + 1).add_(1).clamp_(zeta_minus, zeta_plus)
+    sigma.mul_(zeta).clamp_(sigma_min, sigma_max)            # σ ← min(max(σ·ζ, σ_min), σ_max)
+    u = s.clamp_max_(0).add_(1).mul_(g)                      # u = g, and 0 after a flip (in s's memory)
+    g_prev.copy_(u)                                          # ǧ ← u: after a flip there is no sign to compare next step
+    p.addcmul_(nan_sign(u), sigma, value=-1)                 # θ ← θ − σ·sign(u); NaN where g is not finite
 
 # %% ../nbs/06_sign.ipynb #e8cae9d7
 def _scalar(x): return x.item() if isinstance(x, Tensor) else x
