@@ -233,7 +233,8 @@ def adadelta_update(
     if maximize: g = -g
     if lam is not None: g = g.add(p, alpha=lam)             # ḡ ← g + λθ
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)           # v ← β₂v + (1 − β₂)ḡ⊙ḡ
-    d = a.add(eps).sqrt_().div_(v.add(eps).sqrt_()).mul_(g) # d ← √(a + ε) / √(v + ε) · ḡ   (a is still a_{t−1})
+    r = v.add(eps).sqrt_()                                  # r ← √(v + ε), while v is still in the cache
+    d = a.add(eps).sqrt_().div_(r).mul_(g)                  # d ← √(a + ε) / r · ḡ   (a is still a_{t−1})
     a.mul_(beta2).addcmul_(d, d, value=1 - beta2)           # a ← β₂a + (1 − β₂)d⊙d
     p.add_(d, alpha=-eta)                                   # θ ← θ − ηd
 

@@ -2,7 +2,7 @@
 
 # %% ../nbs/94_perf.ipynb #prf00003
 from __future__ import annotations
-import csv, gc, importlib, os, pathlib, statistics, time
+import csv, functools, gc, importlib, os, pathlib, statistics, time, weakref
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -12,9 +12,9 @@ from torch import Tensor
 from .core import Optimizer, update_batch, _real
 
 # %% auto #0
-__all__ = ['CHUNK', 'BACKEND', 'warmup', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel', 'fused_step', 'step',
-           'roofline_bytes', 'implementations', 'bench_params', 'inplace_bandwidth', 'Timed', 'run_bench', 'write_csv',
-           'read_csv', 'find_csv', 'plot_bench']
+__all__ = ['CHUNK', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel', 'hoist_scalars',
+           'fused_step', 'step', 'roofline_bytes', 'implementations', 'bench_params', 'inplace_bandwidth', 'Timed',
+           'run_bench', 'write_csv', 'read_csv', 'find_csv', 'plot_bench']
 
 # %% ../nbs/94_perf.ipynb #prf00006
 CHUNK = 16            # parameters per compiled call: a model with n tensors makes ⌈n/CHUNK⌉ calls per step
@@ -56,26 +56,70 @@ def kernel(cls: type) -> Callable:
         exec(compile(src, f"<optbook.fused {cls.__module__}.{cls.__qualname__} {len(_made)}>", "exec"),
              {"update_batch": update_batch, "proxy": proxy}, ns)
         _made.append(key)
-        fn = _kernels[key] = torch.compile(ns[f"fused_{cls.__name__}"], fullgraph=True, dynamic=True, backend=BACKEND)
+        hoist = {"options": {"post_grad_custom_post_pass": _hoist_pass()}} if BACKEND == "inductor" and _hoist_pass() else {}
+        fn = _kernels[key] = torch.compile(ns[f"fused_{cls.__name__}"], fullgraph=True, dynamic=True, backend=BACKEND, **hoist)
     return fn
 
-_aliases = None   # tensor -> its 1-d alias (a WeakIdKeyDictionary, made at first use)
+def _known_scalar(node) -> bool:
+    "Whether an FX node's value is a tensor of at most one element, known at compile time (a symbolic length is never)."
+    val = node.meta.get("val")
+    return isinstance(val, Tensor) and isinstance(val.numel(), int) and val.numel() <= 1
+
+hoisted: list = []   # the number of scalars `hoist_scalars` realized, one entry per graph it ran on
+
+def hoist_scalars(graph: torch.fx.Graph) -> int:
+    """Have Inductor compute each scalar that an elementwise operation on a parameter reads once per call, not once per element.
+
+    Inductor inlines a pointwise node into the loops of its users. For a scalar (a 0-dim tensor, such as
+    η(1 − ω_t)/(1 − ω_{1:t}) or 1 − β₁ᵗ) the inlined code sits inside the loop over the parameter's elements: a CPU
+    kernel then evaluates β₁ᵗ (a `pow`) for every vector of 16 floats, since the C++ compiler cannot prove that the
+    scalar inputs do not alias the outputs and so cannot move that work out of the loop. This pass (a post-grad
+    pass over the aten graph) routes each such scalar through an `as_strided` of its own size and strides, an
+    identity that Inductor can only lower by materializing its input: the scalar is computed once, in a small kernel
+    of its own, and the loops read one number. It changes no value, only where a scalar is computed."""
+    aten, done = torch.ops.aten, 0
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload): continue
+        if torch.Tag.pointwise not in node.target.tags or not _known_scalar(node): continue
+        big = [u for u in node.users if u.op == "call_function" and not _known_scalar(u)]
+        if not big: continue
+        val = node.meta["val"]
+        with graph.inserting_after(node):
+            alias = graph.call_function(aten.as_strided.default, (node, list(val.shape), list(val.stride())))
+        alias.meta["val"] = val
+        for u in big: u.replace_input_with(node, alias)
+        done += 1
+    hoisted.append(done)
+    return done
+
+@functools.cache
+def _hoist_pass():
+    "`hoist_scalars` as Inductor's post-grad pass (with a uuid, so that Inductor's cache stays on), or None where torch lacks the hook."
+    try: from torch._inductor.custom_graph_pass import CustomGraphPass
+    except ImportError: return None
+    class HoistScalars(CustomGraphPass):
+        def __call__(self, graph): hoist_scalars(graph)
+        def uuid(self): return "optbook.fused.hoist_scalars 1"   # change it with the pass: it keys Inductor's cache
+    return HoistScalars()
+
+_aliases: dict = {}   # id(tensor) -> (a weak reference to the tensor, its 1-d alias); an entry leaves with its tensor
 
 def _flat(x: Tensor, cache: bool = True) -> Tensor:
     """A contiguous tensor as a 1-d alias of its memory, so that every shape is one symbolic length; other layouts unchanged.
 
     The alias is a new tensor on the same storage, not a view: dynamo guards a view's base, whose shape and number of
-    dimensions would then count again. Aliases of parameters and state are cached (checked against the data pointer)."""
-    global _aliases
+    dimensions would then count again. Aliases of parameters and state are cached, and used only while the tensor
+    is alive and still has the alias's data pointer and size (`p.data = ...` gives a parameter new memory)."""
     if not x.is_contiguous(): return x
     if cache:
-        if _aliases is None:
-            from torch.utils.weak import WeakIdKeyDictionary
-            _aliases = WeakIdKeyDictionary()
-        a = _aliases.get(x)
-        if a is not None and a.data_ptr() == x.data_ptr() and a.numel() == x.numel(): return a
+        entry = _aliases.get(id(x))
+        if entry is not None and entry[0]() is x:
+            a = entry[1]
+            if a.data_ptr() == x.data_ptr() and a.numel() == x.numel(): return a
     a = torch.empty(0, dtype=x.dtype, device=x.device).set_(x.untyped_storage(), x.storage_offset(), (x.numel(),), (1,))
-    if cache: _aliases[x] = a
+    if cache:
+        key = id(x)
+        _aliases[key] = (weakref.ref(x, lambda _, key=key: _aliases.pop(key, None)), a)
     return a
 
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -108,8 +152,14 @@ def fused_step(opt: Optimizer, group: dict) -> None:
     term on or off (a weight decay of 0 is `None` to the rule) compiles once more."""
     batches = defaultdict(list)
     h = opt.hyper(group)
-    for p, g in opt.params_with_grad(group):
-        state, first, t = opt._count_step(p, group)
+    items = [(p, g, *opt._state(p, group)) for p, g in opt.params_with_grad(group)]
+    if opt.uses_step and items:                      # every step counter at once (as `_count_step` does one by one)
+        steps = [state["step"] for _, _, state, _ in items]
+        if len({(s.device, s.dtype) for s in steps}) == 1: torch._foreach_add_(steps, 1)
+        else:
+            for s in steps: s += 1
+    for p, g, state, first in items:
+        t = int(state["step"]) if opt.uses_step else None
         if first or p.numel() <= 1: opt._update_one(p, g, state, h, t, first)   # sizes 0 and 1 would be specialized
         else: batches[(p.device, p.dtype, t, tuple(state))].append(p)
     if not batches: return
@@ -150,8 +200,8 @@ def _torch_kernel(opt, device: torch.device) -> Optional[Callable]:
     """torch's own fused kernel for `opt`'s rule on `device`, where torch has one (SGD, Adam, AdamW on CPU and CUDA; Adagrad on CPU), else None.
 
     Only for the exact optbook classes (a subclass may change the rule); the equality with the rule is tested in float64.
-    These rules raise β to the power t, which a compiled kernel evaluates for every element (Inductor does not hoist
-    the scalar work out of its loop), several times slower than torch's hand-written kernel."""
+    Even with its scalars hoisted (`hoist_scalars`), a compiled kernel of these rules is slower than torch's
+    hand-written one on the CPU (per-call guards, loops over symbolic lengths)."""
     import optbook
     cls, kind = type(opt), torch.device(device).type
     if kind not in ("cpu", "cuda"): return None

@@ -6,6 +6,8 @@
   a compiled rule, whose compilations are counted with a counting backend: one over 100 NAdam steps whose lr, betas and
   weight decay follow schedules; two for a Lion model of 50 distinct shapes (a batch of 16 and the remainder), none for
   another 50 shapes;
+- Inductor computes each scalar of a rule once per call (`hoist_scalars`): no pow is left in NAdam's loops over the
+  elements, where without the pass there are some;
 - torch.amp.GradScaler: a step with an inf gradient is skipped and leaves parameters and state untouched;
 - bfloat16 parameters; FakeTensorMode "cuda" (torch's kernel runs; a compiled rule runs eagerly there, see the test);
 - on a real GPU (skipped without one): equal to the reference there;
@@ -90,6 +92,45 @@ def test_the_tolerance_bites():
 def test_fused_equals_reference_float32(name):
     a, b, *_ = run_pair(getattr(optbook, name), SETTINGS[name], dtype=torch.float32)
     for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def _cpu_code(name, hoist):
+    "The C++ source Inductor writes for `name`'s fused kernel over two parameters, with or without `hoist_scalars`."
+    from torch._inductor.utils import run_and_get_code
+    fused.reset()
+    saved = fused._hoist_pass
+    if not hoist: fused._hoist_pass = lambda: None
+    try:
+        with torch._inductor.config.patch(fx_graph_cache=False):   # compile here, so that the code is written here
+            _, code = run_and_get_code(lambda: run_pair(getattr(optbook, name), SETTINGS[name], steps=3,
+                                                        dtype=torch.float32, shapes=[(40,), (3, 17)]))
+    finally:
+        fused._hoist_pass = saved
+        fused.reset()
+    return "\n".join(code)
+
+
+def _pow_in_loops(code: str) -> int:
+    "How many pow calls sit in the body of a loop over a parameter's elements (a loop whose bound is a symbolic length ks…)."
+    import re
+    found = 0
+    for m in re.finditer(r"for\(int64_t x0=[^;]*; x0<static_cast<int64_t>\(ks[^\n]*\)\s*\{", code):
+        depth, i = 1, m.end()
+        while depth:                       # the body: up to the brace that closes the loop's
+            depth += {"{": 1, "}": -1}.get(code[i], 0); i += 1
+        found += code[m.end():i].count("pow(")
+    return found
+
+
+def test_scalars_are_hoisted_out_of_the_loops():
+    """NAdam's schedule (ω_t, ω_{t+1}, 1 − β₂ᵗ: three powers per parameter) is computed once per call, not per element.
+
+    Without `hoist_scalars` Inductor puts the powers inside the loops over the elements (the control: the check can
+    fail); with it, no pow is left there, and the fused step still equals the reference (the float64 test above)."""
+    assert _pow_in_loops(_cpu_code("NAdam", hoist=False)) > 0
+    fused.hoisted.clear()
+    assert _pow_in_loops(_cpu_code("NAdam", hoist=True)) == 0
+    assert fused.hoisted and max(fused.hoisted) >= 3
 
 
 def test_no_recompiles_over_100_scheduled_steps():
