@@ -151,7 +151,12 @@ test-floor:
 	  echo "make test-floor: torch $$v passed in $$(( $$(date +%s) - start )) s"; \
 	done
 
+# heavyball==3.2.0: a peer of the benchmark only (its compiled AdamW, the version whose figures the performance issue
+# quotes), installed here and nowhere else: no test or chapter imports it. --no-deps with its one other dependency,
+# opt-einsum, so that pip never replaces the venv's CPU torch (heavyball asks for torch<3 and numpy>=2.3.4, which
+# the venv has).
 bench: venv export
+	@$(PY) -c "import heavyball" 2>/dev/null || $(PY) -m pip install -q --no-deps heavyball==3.2.0 "opt-einsum>=3.4"
 	$(PY) tests/bench.py $(BENCH_OPTS)
 
 clean:

@@ -2,7 +2,7 @@
 
 # %% ../nbs/94_perf.ipynb #prf00003
 from __future__ import annotations
-import csv, functools, gc, importlib, os, pathlib, statistics, time, weakref
+import csv, functools, gc, importlib, math, os, pathlib, statistics, time, weakref
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -56,9 +56,21 @@ def kernel(cls: type) -> Callable:
         exec(compile(src, f"<optbook.fused {cls.__module__}.{cls.__qualname__} {len(_made)}>", "exec"),
              {"update_batch": update_batch, "proxy": proxy}, ns)
         _made.append(key)
-        hoist = {"options": {"post_grad_custom_post_pass": _hoist_pass()}} if BACKEND == "inductor" and _hoist_pass() else {}
-        fn = _kernels[key] = torch.compile(ns[f"fused_{cls.__name__}"], fullgraph=True, dynamic=True, backend=BACKEND, **hoist)
+        opts = {"options": _inductor_options()} if BACKEND == "inductor" else {}
+        fn = _kernels[key] = torch.compile(ns[f"fused_{cls.__name__}"], fullgraph=True, dynamic=True, backend=BACKEND, **opts)
     return fn
+
+def _inductor_options() -> dict:
+    """Inductor's options for the fused kernels: the `hoist_scalars` pass, and a parallel loop over every parameter.
+
+    With symbolic lengths, Inductor's CPU code decides whether to split a parameter's loop over the threads from the
+    length that the compiling call had (its "hint"): under 512 elements per thread it writes a serial loop. The
+    kernel serves every later batch of the same signature, so a first batch of biases would leave the big matrices
+    of later batches to one thread (and Inductor's disk cache keeps that kernel for other processes).
+    `cpp.dynamic_threads` makes every loop an OpenMP loop whose split the runtime decides, whatever the hint."""
+    opts = {"cpp.dynamic_threads": True}
+    if _hoist_pass() is not None: opts["post_grad_custom_post_pass"] = _hoist_pass()
+    return opts
 
 def _known_scalar(node) -> bool:
     "Whether an FX node's value is a tensor of at most one element, known at compile time (a symbolic length is never)."
@@ -66,6 +78,27 @@ def _known_scalar(node) -> bool:
     return isinstance(val, Tensor) and isinstance(val.numel(), int) and val.numel() <= 1
 
 hoisted: list = []   # the number of scalars `hoist_scalars` realized, one entry per graph it ran on
+
+def _scalar_op(node) -> bool:
+    "A pure elementwise aten op (no mutation, no randomness) whose value has at most one element."
+    t = node.target
+    return (node.op == "call_function" and isinstance(t, torch._ops.OpOverload) and torch.Tag.pointwise in t.tags
+            and torch.Tag.nondeterministic_seeded not in t.tags and not t._schema.is_mutable and _known_scalar(node))
+
+def _merge_scalars(graph: torch.fx.Graph) -> int:
+    """Merge scalar ops that repeat one another (same op, same inputs); returns how many were removed.
+
+    `update_batch` applies the rule to each parameter in turn, so a batch of 16 computes 1 − β₁ᵗ sixteen times; the
+    copies become one node, which `hoist_scalars` then realizes once."""
+    seen, merged = {}, 0
+    for node in list(graph.nodes):
+        if not _scalar_op(node): continue
+        key = (node.target, node.args, tuple(sorted(node.kwargs.items())))
+        try: first = seen.setdefault(key, node)
+        except TypeError: continue                  # an unhashable argument (a list): left as it is
+        if first is not node:
+            node.replace_all_uses_with(first); graph.erase_node(node); merged += 1
+    return merged
 
 def hoist_scalars(graph: torch.fx.Graph) -> int:
     """Have Inductor compute each scalar that an elementwise operation on a parameter reads once per call, not once per element.
@@ -76,11 +109,12 @@ def hoist_scalars(graph: torch.fx.Graph) -> int:
     scalar inputs do not alias the outputs and so cannot move that work out of the loop. This pass (a post-grad
     pass over the aten graph) routes each such scalar through an `as_strided` of its own size and strides, an
     identity that Inductor can only lower by materializing its input: the scalar is computed once, in a small kernel
-    of its own, and the loops read one number. It changes no value, only where a scalar is computed."""
+    of its own, and the loops read one number. Copies of one scalar (one per parameter of the batch) are merged
+    first (`_merge_scalars`). It changes no value, only where a scalar is computed."""
     aten, done = torch.ops.aten, 0
+    _merge_scalars(graph)
     for node in list(graph.nodes):
-        if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload): continue
-        if torch.Tag.pointwise not in node.target.tags or not _known_scalar(node): continue
+        if not _scalar_op(node): continue
         big = [u for u in node.users if u.op == "call_function" and not _known_scalar(u)]
         if not big: continue
         val = node.meta["val"]
@@ -99,27 +133,26 @@ def _hoist_pass():
     except ImportError: return None
     class HoistScalars(CustomGraphPass):
         def __call__(self, graph): hoist_scalars(graph)
-        def uuid(self): return "optbook.fused.hoist_scalars 1"   # change it with the pass: it keys Inductor's cache
+        def uuid(self): return "optbook.fused.hoist_scalars 2"   # change it with the pass: it keys Inductor's cache
     return HoistScalars()
 
 _aliases: dict = {}   # id(tensor) -> (a weak reference to the tensor, its 1-d alias); an entry leaves with its tensor
 
-def _flat(x: Tensor, cache: bool = True) -> Tensor:
+def _flat(x: Tensor) -> Tensor:
     """A contiguous tensor as a 1-d alias of its memory, so that every shape is one symbolic length; other layouts unchanged.
 
     The alias is a new tensor on the same storage, not a view: dynamo guards a view's base, whose shape and number of
-    dimensions would then count again. Aliases of parameters and state are cached, and used only while the tensor
-    is alive and still has the alias's data pointer and size (`p.data = ...` gives a parameter new memory)."""
+    dimensions would then count again. Aliases are cached (parameters, state, and gradients that live on between
+    steps), and used only while the tensor is alive and still has the alias's data pointer and size (`p.data = ...`
+    gives a parameter new memory); a gradient freed by `zero_grad()` takes its entry with it."""
     if not x.is_contiguous(): return x
-    if cache:
-        entry = _aliases.get(id(x))
-        if entry is not None and entry[0]() is x:
-            a = entry[1]
-            if a.data_ptr() == x.data_ptr() and a.numel() == x.numel(): return a
+    entry = _aliases.get(id(x))
+    if entry is not None and entry[0]() is x:
+        a = entry[1]
+        if a.data_ptr() == x.data_ptr() and a.numel() == x.numel(): return a
     a = torch.empty(0, dtype=x.dtype, device=x.device).set_(x.untyped_storage(), x.storage_offset(), (x.numel(),), (1,))
-    if cache:
-        key = id(x)
-        _aliases[key] = (weakref.ref(x, lambda _, key=key: _aliases.pop(key, None)), a)
+    key = id(x)
+    _aliases[key] = (weakref.ref(x, lambda _, key=key: _aliases.pop(key, None)), a)
     return a
 
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -174,17 +207,17 @@ def fused_step(opt: Optimizer, group: dict) -> None:
         ht = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
         step = opt.state[ps[0]]["step"] if t is not None else None
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
-        for i in range(0, len(ps), CHUNK):
-            chunk = ps[i:i + CHUNK]
-            states = {sym: [_flat(_real(opt.state[p][key])) for p in chunk] for sym, key in syms}
-            args = ([_flat(_real(p)) for p in chunk], [_flat(_real(p.grad), cache=False) for p in chunk], states, ht, step)
-            sig = (type(opt), device.type, dtype, len(chunk), tuple(states), static)
-            with _no_duck_shapes():                 # equal lengths at compile time must not become a guard
+        with _no_duck_shapes():                     # equal lengths at compile time must not become a guard
+            for i in range(0, len(ps), CHUNK):
+                chunk = ps[i:i + CHUNK]
+                states = {sym: [_flat(_real(opt.state[p][key])) for p in chunk] for sym, key in syms}
+                args = ([_flat(_real(p)) for p in chunk], [_flat(_real(p.grad)) for p in chunk], states, ht, step)
+                sig = (type(opt), device.type, dtype, len(chunk), tuple(states), static)
                 if sig in _seen: fn(*args)
                 else:                               # this call compiles: its time is warm-up, reported apart
                     t0 = time.perf_counter(); fn(*args); warmup[name] += time.perf_counter() - t0
                     _seen.add(sig)
-            torch.autograd.graph.increment_version(chunk)   # as an in-place op on the parameters would
+                torch.autograd.graph.increment_version(chunk)   # as an in-place op on the parameters would
 
 def step(opt: Optimizer, closure=None):
     "One step of `opt` with every parameter group on the fused path (whatever the groups' `fused` says); returns the closure's loss."
@@ -264,7 +297,7 @@ class _Stepper:
 def implementations(name: str,                   # an optimizer both optbook and (maybe) torch.optim have
                     compile_torch: bool = True,  # include torch.compile of torch.optim's step (seconds of warm-up)
                     peers: tuple = (),           # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
-                    device="cpu") -> dict:  # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
+                    device="cpu") -> dict:
     "Implementation name -> constructor(params) of an object with `.step()` and `.state`, optbook's paths and the peers'."
     import optbook
     kw = BENCH_SPECS[name][0]
@@ -300,11 +333,13 @@ def implementations(name: str,                   # an optimizer both optbook and
         out["heavyball"] = lambda ps: heavyball.AdamW(ps, lr=kw["lr"], betas=(0.9, 0.999), weight_decay=kw["weight_decay"])
     return out
 
-def bench_params(n_params: int, n_tensors: int, device="cpu", seed: int = 0) -> list:
-    "`n_tensors` fp32 vectors of distinct sizes adding up to about `n_params`, each with a gradient."
+def bench_params(n_params: int, n_tensors: int, device="cpu", seed: int = 0,
+                 shape: Optional[tuple] = None) -> list:   # every tensor this shape (`n_params` unused), e.g. heavyball's (2048, 2048)
+    "`n_tensors` fp32 tensors, each with a gradient: vectors of distinct sizes adding up to about `n_params`, or all of `shape`."
     gen = torch.Generator().manual_seed(seed)
     base = n_params // n_tensors
-    ps = [torch.randn(base + 64 * (i - n_tensors // 2), generator=gen).to(device).requires_grad_() for i in range(n_tensors)]
+    sizes = [shape if shape else (base + 64 * (i - n_tensors // 2),) for i in range(n_tensors)]
+    ps = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in sizes]
     for p in ps: p.grad = 1e-2 * torch.randn(p.shape, generator=gen).to(device)
     return ps
 
@@ -317,6 +352,12 @@ def inplace_bandwidth(n: int, device="cpu", repeats: int = 20) -> float:
         _sync(device); t0 = time.perf_counter(); a.add_(b); _sync(device); ts.append(time.perf_counter() - t0)
     return 12 * n / min(ts)
 
+def _tensors_in(x) -> list:
+    "The tensors in a state entry, however nested in dicts, lists and tuples (heavyball keeps `state[p][0][name]`)."
+    if isinstance(x, Tensor): return [x]
+    if isinstance(x, dict): x = list(x.values())
+    return [t for v in x for t in _tensors_in(v)] if isinstance(x, (list, tuple)) else []
+
 class Timed:
     "One implementation on its own copy of the parameters (sharing their gradients): built and warmed up once, timed in rounds."
     def __init__(self, make: Callable, base: list, warm: int = 3):
@@ -327,7 +368,7 @@ class Timed:
         _sync(self.device); t0 = time.perf_counter()
         for _ in range(warm): self.opt.step(); self.restore()   # state creation, then compilation: paid here, not per step
         _sync(self.device); self.warmup_s = time.perf_counter() - t0
-        tensors = [v for p in self.ps for v in self.opt.state.get(p, {}).values() if isinstance(v, Tensor)]
+        tensors = [v for p in self.ps for v in _tensors_in(self.opt.state.get(p, {}))]
         self.state_bytes = sum(v.numel() * v.element_size() for v in tensors) / sum(p.numel() for p in self.ps)
         self.times, self.peak_mib = [], float("nan")
 
@@ -354,11 +395,12 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
               n_params: int = 20_000_000,  # parameters in all
               n_tensors: int = 50,         # in this many tensors of distinct sizes
               device="cpu",
+              shape: Optional[tuple] = None,  # or: every tensor this shape (`n_params` is then n_tensors × its size)
               rounds: int = 3,             # interleaved rounds: each times every implementation once, in a shuffled order
               repeats: int = 5,            # timed steps per implementation and round (their median is the round's time)
               warm: int = 3,               # untimed steps first (state creation, compilation)
               compile_torch: bool = True,  # also time torch.compile of torch.optim's step
-              peers: tuple = (),           # extra peers ("lion-pytorch")
+              peers: tuple = (),           # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
               only: tuple = (),            # keep implementations whose name contains one of these strings (all if empty)
               log: Optional[Callable] = None) -> list:  # called with a line per optimizer (e.g. print)
     """The benchmark: one row (a dict) per optimizer and implementation, with the median over rounds of the per-round medians.
@@ -371,8 +413,9 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     machine = f"{machine}, {os.cpu_count()} CPU cores, torch {torch.__version__.split('+')[0]}"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    if shape: n_params = n_tensors * math.prod(shape)
     bw = inplace_bandwidth(n_params, device)
-    base = bench_params(n_params, n_tensors, device)
+    base = bench_params(n_params, n_tensors, device, shape=shape)
     rng, rows = random.Random(0), []
     # every torch.optim class's step is wrapped by the same profiling function, so their compilations count against one
     # recompile limit (8 by default): past it, "torch compiled step" would silently run eagerly
@@ -390,6 +433,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
         for k, tm in timed.items():
             ms = statistics.median(tm.times)
             rows.append(dict(device=device.type, machine=machine, when=when, params=n_params, tensors=n_tensors,
+                             shape="x".join(map(str, shape)) if shape else "distinct",
                              optimizer=name, impl=k, ms=_sig(ms), spread_ms=_sig(max(tm.times) - min(tm.times)),
                              warmup_s=_sig(tm.warmup_s), roofline_ms=_sig(roof_ms), ratio_roofline=_sig(ms / roof_ms),
                              bytes_per_param=roofline_bytes(n_state), state_bytes=_sig(tm.state_bytes),

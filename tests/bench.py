@@ -14,7 +14,11 @@ there is no CSV). Writes <out>/bench.csv and <out>/bench.png (default _build/ben
   python tests/bench.py                       # CPU, 20M parameters in 50 tensors, every optimizer (several minutes)
   python tests/bench.py --quick               # 2M parameters, 2 rounds (about a minute)
   python tests/bench.py --device cuda --quick # on a GPU
-  python tests/bench.py --heavyball-shape --optimizers AdamW   # 32 tensors of 2048x2048, heavyball's published shape
+  python tests/bench.py --heavyball-shape --optimizers AdamW   # only 32 tensors of 2048x2048, heavyball's published shape
+
+Unless --quick or --no-heavyball-shape, a second run follows the first: AdamW at heavyball's published shape (32
+tensors of 2048x2048), optbook's fused path against torch's fused kernel, torch.compile of torch's step and heavyball's
+compiled AdamW, so that the figures can be set beside heavyball's own. Its rows go to the same CSV (column `shape`).
 """
 import argparse, os, statistics, sys, time
 
@@ -56,7 +60,8 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma-separated substrings: keep implementations whose name has one")
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile of torch.optim's step (its warm-up is long)")
     ap.add_argument("--quick", action="store_true", help="2 rounds; on the CPU at most 2M parameters and 3 repeats, on CUDA 10 repeats")
-    ap.add_argument("--heavyball-shape", action="store_true", help="32 tensors of 2048x2048 (heavyball's published shape)")
+    ap.add_argument("--heavyball-shape", action="store_true", help="only 32 tensors of 2048x2048 (heavyball's published shape)")
+    ap.add_argument("--no-heavyball-shape", action="store_true", help="skip the second run, AdamW at heavyball's published shape")
     ap.add_argument("--no-muon", action="store_true", help="skip Muon's Newton-Schulz against torch.linalg.svd")
     ap.add_argument("--out", default="_build/bench", help="folder of bench.csv and bench.png")
     args = ap.parse_args(argv)
@@ -64,26 +69,35 @@ def main(argv=None):
     if args.quick:   # on a GPU 20M parameters take well under a millisecond a step: keep the size, time more steps
         args.rounds, args.repeats = 2, (10 if device.type == "cuda" else 3)
         if device.type == "cpu": args.params = min(args.params, 2e6)
-    if args.heavyball_shape: args.params, args.tensors = 32 * 2048 * 2048, 32
+    HB_SHAPE, HB_TENSORS = (2048, 2048), 32
+    shape = HB_SHAPE if args.heavyball_shape else None
+    if shape: args.tensors = HB_TENSORS
     if device.type == "cuda" and not torch.cuda.is_available(): sys.exit("bench: --device cuda, but there is no CUDA device")
     peers = []
     for module, peer in (("lion_pytorch", "lion-pytorch"), ("pytorch_optimizer", "pytorch-optimizer"), ("heavyball", "heavyball")):
         try: __import__(module); peers.append(peer)
         except ImportError: print(f"bench: {peer} is not installed; not compared (pip install {peer})")
     names = [n for n in args.optimizers.split(",") if n]
-    n = int(args.params)
-    print(f"bench: {n / 1e6:.1f}M fp32 parameters in {args.tensors} tensors on {device}, {args.rounds} rounds "
-          f"of {args.repeats} steps", flush=True)
+    n = HB_TENSORS * HB_SHAPE[0] * HB_SHAPE[1] if shape else int(args.params)
+    def run(names, n, tensors, shape, only):
+        print(f"bench: {n / 1e6:.1f}M fp32 parameters in {tensors} tensors "
+              f"{'of ' + 'x'.join(map(str, shape)) if shape else 'of distinct sizes'} on {device}, {args.rounds} rounds "
+              f"of {args.repeats} steps", flush=True)
+        return F.run_bench(names, n, tensors, device, shape=shape, rounds=args.rounds, repeats=args.repeats,
+                           warm=args.warm, compile_torch=not args.no_compile, peers=tuple(peers), only=only,
+                           log=lambda s: print("  " + s, flush=True))
     t0 = time.perf_counter()
-    rows = F.run_bench(names, n, args.tensors, device, rounds=args.rounds, repeats=args.repeats, warm=args.warm,
-                       compile_torch=not args.no_compile, peers=tuple(peers),
-                       only=tuple(s for s in args.only.split(",") if s), log=lambda s: print("  " + s, flush=True))
+    rows = run(names, n, args.tensors, shape, tuple(s for s in args.only.split(",") if s))
+    if not (shape or args.quick or args.no_heavyball_shape) and "AdamW" in names:
+        rows += run(["AdamW"], HB_TENSORS * HB_SHAPE[0] * HB_SHAPE[1], HB_TENSORS, HB_SHAPE,
+                    ("optbook fused", "torch fused", "torch compiled step", "heavyball"))
     r0 = rows[0]
     print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {r0['bandwidth_gbs']} GB/s; ran {time.perf_counter() - t0:.0f} s")
     print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13}"
           + (f" {'peak MiB':>8}" if device.type == "cuda" else ""))
-    for name in names:
-        mine = [r for r in rows if r["optimizer"] == name]
+    for name, shp in dict.fromkeys((r["optimizer"], r["shape"]) for r in rows):
+        mine = [r for r in rows if r["optimizer"] == name and r["shape"] == shp]
+        if shp != rows[0]["shape"]: print(f"{name}, {mine[0]['tensors']} tensors of {shp} ({mine[0]['params'] / 1e6:.1f}M parameters):")
         for r in mine:
             print(f"{name:9} {r['impl']:20} {r['ms']:8.2f} {r['spread_ms']:7.2f} {r['ratio_roofline']:6.2f} {r['warmup_s']:9.2f} "
                   f"{r['state_bytes']:8.1f} ({r['min_state_bytes']})" + (f" {r['peak_mib']:8.1f}" if device.type == "cuda" else ""))

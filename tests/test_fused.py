@@ -94,18 +94,24 @@ def test_fused_equals_reference_float32(name):
     for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def _cpu_code(name, hoist):
-    "The C++ source Inductor writes for `name`'s fused kernel over two parameters, with or without `hoist_scalars`."
+def _cpu_code(name, hoist=True, threads=True):
+    """The C++ source Inductor writes for `name`'s fused kernel over two small parameters (40 and 51 elements), with or
+    without `hoist_scalars`, with or without `cpp.dynamic_threads`."""
     from torch._inductor.utils import run_and_get_code
     fused.reset()
-    saved = fused._hoist_pass
-    if not hoist: fused._hoist_pass = lambda: None
+    saved = fused._inductor_options
+    def options():
+        opts = dict(saved())
+        if not hoist: opts.pop("post_grad_custom_post_pass", None)
+        if not threads: opts.pop("cpp.dynamic_threads")
+        return opts
+    fused._inductor_options = options
     try:
         with torch._inductor.config.patch(fx_graph_cache=False):   # compile here, so that the code is written here
             _, code = run_and_get_code(lambda: run_pair(getattr(optbook, name), SETTINGS[name], steps=3,
                                                         dtype=torch.float32, shapes=[(40,), (3, 17)]))
     finally:
-        fused._hoist_pass = saved
+        fused._inductor_options = saved
         fused.reset()
     return "\n".join(code)
 
@@ -131,6 +137,38 @@ def test_scalars_are_hoisted_out_of_the_loops():
     fused.hoisted.clear()
     assert _pow_in_loops(_cpu_code("NAdam", hoist=True)) == 0
     assert fused.hoisted and max(fused.hoisted) >= 3
+
+
+def _loops(code: str) -> list:
+    "For each loop over a parameter's elements (bound ks…), whether an OpenMP `#pragma omp for` splits it over the threads."
+    import re
+    return [code[:m.start()].rstrip().endswith("#pragma omp for")
+            for m in re.finditer(r"for\(int64_t x0=[^;]*; x0<static_cast<int64_t>\(ks", code)]
+
+
+def test_loops_are_parallel_whatever_the_first_lengths():
+    """A kernel compiled on a batch of small parameters still splits every parameter's loop over the threads.
+
+    Inductor decides from the compiling call's lengths; below 512 elements per thread it writes a serial loop (the
+    control), and the kernel would then serve later batches of big matrices with one thread."""
+    assert not any(_loops(_cpu_code("RMSprop", threads=False)))
+    loops = _loops(_cpu_code("RMSprop"))
+    assert len(loops) >= 2 and all(loops)
+
+
+def test_copies_of_a_scalar_are_merged():
+    "One node per distinct scalar: the batch's copies of 1 − βᵗ (one per parameter) become one, parameter-sized ops untouched."
+    from torch.fx.experimental.proxy_tensor import make_fx
+    def f(x, y, b, t):
+        return x * (1 - b ** t), y * (1 - b ** t), x * (1 - b ** (t + 1))
+    g = make_fx(f)(torch.randn(5), torch.randn(7), torch.tensor(0.9), torch.tensor(3.0))
+    ops = lambda: [n.target for n in g.graph.nodes if n.op == "call_function"]
+    pows, muls = ops().count(torch.ops.aten.pow.Tensor_Tensor), ops().count(torch.ops.aten.mul.Tensor)
+    assert fused._merge_scalars(g.graph) == 2            # the second 1 - b**t: its pow and its rsub
+    assert ops().count(torch.ops.aten.pow.Tensor_Tensor) == pows - 1 == 2 and ops().count(torch.ops.aten.mul.Tensor) == muls
+    g.recompile()
+    x, y, b, t = torch.randn(5), torch.randn(7), torch.tensor(0.9), torch.tensor(3.0)
+    for u, v in zip(g(x, y, b, t), f(x, y, b, t)): torch.testing.assert_close(u, v, rtol=0, atol=0)
 
 
 def test_no_recompiles_over_100_scheduled_steps():
@@ -291,3 +329,35 @@ def test_run_bench_rows_and_csv(tmp_path):
     fused.write_csv(rows, tmp_path / "b.csv")
     back = fused.read_csv(tmp_path / "b.csv")
     assert [r["impl"] for r in back] == [r["impl"] for r in rows] and back[0]["ms"] == rows[0]["ms"]
+
+
+def test_run_bench_at_one_shape_and_nested_state():
+    "heavyball's published shape: every tensor of one shape, `params` counted from it; state bytes found however nested."
+    rows = fused.run_bench(("Adam",), n_params=1, n_tensors=3, shape=(8, 16), rounds=1, repeats=1, warm=2,
+                           compile_torch=False, only=("torch fused",))
+    assert [(r["impl"], r["shape"], r["params"], r["tensors"]) for r in rows] == [("torch fused", "8x16", 3 * 128, 3)]
+    assert rows[0]["state_bytes"] == fused._sig(8 + 3 * 4 / (3 * 128))   # m and v, and a float32 step count per tensor
+    ps = fused.bench_params(0, 2, shape=(3, 5))
+    assert [tuple(p.shape) for p in ps] == [(3, 5)] * 2 and all(p.grad.shape == p.shape for p in ps)
+    a, b = torch.zeros(3), torch.zeros(2, dtype=torch.float64)
+    assert fused._tensors_in({0: {"m": a, "lr": 0.1, "more": [b, (a,)]}}) == [a, b, a]
+
+
+def test_alias_cache_follows_the_tensors():
+    """The 1-d aliases of parameters, state and gradients are cached while those tensors live, and only then.
+
+    A gradient freed by zero_grad() takes its entry with it (no memory is held by the cache), and a parameter given
+    new memory (`p.data = ...`) gets a new alias, so the step lands in the new memory."""
+    import gc
+    fused._aliases.clear()
+    ps = [torch.randn(30 + i, dtype=torch.float64, requires_grad=True) for i in range(3)]
+    opt = optbook.RMSprop(ps, lr=1e-2, fused=True)
+    def grads():
+        for p in ps: p.grad = torch.ones_like(p)
+    for _ in range(3): grads(); opt.step()
+    assert len(fused._aliases) == 9                      # θ, v and g of each parameter
+    opt.zero_grad(); gc.collect()
+    assert len(fused._aliases) == 6                      # the gradients' entries left with them
+    new = torch.zeros_like(ps[0]); ps[0].data = new
+    grads(); opt.step()
+    assert (new < 0).all()                               # the update reached the new memory
