@@ -172,13 +172,42 @@ def _no_duck_shapes():
     from torch.fx.experimental import _config
     return _config.patch(use_duck_shape=False) if hasattr(_config, "use_duck_shape") else contextlib.nullcontext()
 
+def _call_size(n: int) -> int:
+    """Parameters per call for a batch of `n`: as even as ⌈n/CHUNK⌉ calls allow (50 → 4 calls of 13).
+
+    Every call of the batch then has the same length (the last is filled up by `_padding`), so one kernel serves them
+    all: compiling a second one for a remainder would cost as many seconds again."""
+    calls = -(-n // CHUNK)
+    return -(-n // calls)
+
+_spare: dict = {}   # (device, dtype, shape of a scalar or None) -> scratch tensors that fill up a short call
+
+def _padding(like: list, rows: int) -> list:
+    """`rows` rows of scratch tensors, one per tensor in `like` (a parameter, its gradient, its state), all distinct.
+
+    They fill up the last call of a batch to the batch's call length: the rule updates them like parameters and state
+    and nothing reads them, so their values do not matter. A parameter-sized tensor is matched by one of 2 elements
+    (dynamo would specialize a length of 0 or 1), a scalar state (NAdam's μ product) by a zero of its shape."""
+    used, out = defaultdict(int), []
+    for _ in range(rows):
+        row = []
+        for x in like:
+            scalar = x.numel() <= 1
+            key = (x.device, x.dtype, tuple(x.shape) if scalar else None)
+            pool, i = _spare.setdefault(key, []), used[key]
+            if i == len(pool): pool.append(torch.zeros(x.shape if scalar else (2,), dtype=x.dtype, device=x.device))
+            used[key] += 1; row.append(pool[i])
+        out.append(row)
+    return out
+
 @torch.compiler.disable   # inside a compiled training step: run here, as itself (its kernels are compiled already)
 @torch.no_grad()
 def fused_step(opt: Optimizer, group: dict) -> None:
     """One step of `group` on the fused path: the rule compiled over up to `CHUNK` parameters per call.
 
     Parameters are batched by device, dtype, step and state keys, as on the foreach path, and each is seen as a
-    1-d view: a kernel depends on how many tensors a call has, not on their shapes. A parameter whose state was
+    1-d view: a kernel depends on how many tensors a call has, not on their shapes; the calls of a batch have one
+    length (`_call_size`, the last filled up with scratch tensors), so a batch compiles one kernel. A parameter whose state was
     just created takes the for-loop path for that step, so first-step special cases (SGD's buffer copy) are
     never compiled; so do parameters of 0 or 1 elements, whose lengths dynamo would specialize. Hyperparameters
     are float64 for float64 parameters, float32 for the others (see `_as_tensors`). Hyperparameters enter as 0-dim tensors: a scheduler changes data, not code; switching a
@@ -207,12 +236,17 @@ def fused_step(opt: Optimizer, group: dict) -> None:
         ht = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
         step = opt.state[ps[0]]["step"] if t is not None else None
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
+        size = _call_size(len(ps))
         with _no_duck_shapes():                     # equal lengths at compile time must not become a guard
-            for i in range(0, len(ps), CHUNK):
-                chunk = ps[i:i + CHUNK]
+            for i in range(0, len(ps), size):
+                chunk = ps[i:i + size]
                 states = {sym: [_flat(_real(opt.state[p][key])) for p in chunk] for sym, key in syms}
                 args = ([_flat(_real(p)) for p in chunk], [_flat(_real(p.grad)) for p in chunk], states, ht, step)
-                sig = (type(opt), device.type, dtype, len(chunk), tuple(states), static)
+                if len(chunk) < size:               # the last call: filled up with scratch tensors shaped like the first's
+                    lists = [args[0], args[1], *states.values()]
+                    for row in _padding([x[0] for x in lists], size - len(chunk)):
+                        for x, s in zip(lists, row): x.append(s)
+                sig = (type(opt), device.type, dtype, size, tuple(states), static)
                 if sig in _seen: fn(*args)
                 else:                               # this call compiles: its time is warm-up, reported apart
                     t0 = time.perf_counter(); fn(*args); warmup[name] += time.perf_counter() - t0
