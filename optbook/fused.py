@@ -436,6 +436,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
               compile_torch: bool = True,  # also time torch.compile of torch.optim's step
               peers: tuple = (),           # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
               only: tuple = (),            # keep implementations whose name contains one of these strings (all if empty)
+              compile_cache: str = "",     # recorded in each row: "cold" (the run began with empty compile caches), "warm", "" unknown
               log: Optional[Callable] = None) -> list:  # called with a line per optimizer (e.g. print)
     """The benchmark: one row (a dict) per optimizer and implementation, with the median over rounds of the per-round medians.
 
@@ -467,7 +468,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
         for k, tm in timed.items():
             ms = statistics.median(tm.times)
             rows.append(dict(device=device.type, machine=machine, when=when, params=n_params, tensors=n_tensors,
-                             shape="x".join(map(str, shape)) if shape else "distinct",
+                             shape="x".join(map(str, shape)) if shape else "distinct", compile_cache=compile_cache,
                              optimizer=name, impl=k, ms=_sig(ms), spread_ms=_sig(max(tm.times) - min(tm.times)),
                              warmup_s=_sig(tm.warmup_s), roofline_ms=_sig(roof_ms), ratio_roofline=_sig(ms / roof_ms),
                              bytes_per_param=roofline_bytes(n_state), state_bytes=_sig(tm.state_bytes),

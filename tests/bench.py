@@ -20,7 +20,7 @@ Unless --quick or --no-heavyball-shape, a second run follows the first: AdamW at
 tensors of 2048x2048), optbook's fused path against torch's fused kernel, torch.compile of torch's step and heavyball's
 compiled AdamW, so that the figures can be set beside heavyball's own. Its rows go to the same CSV (column `shape`).
 """
-import argparse, os, statistics, sys, time
+import argparse, os, shutil, statistics, sys, time
 
 import torch
 
@@ -64,7 +64,14 @@ def main(argv=None):
     ap.add_argument("--no-heavyball-shape", action="store_true", help="skip the second run, AdamW at heavyball's published shape")
     ap.add_argument("--no-muon", action="store_true", help="skip Muon's Newton-Schulz against torch.linalg.svd")
     ap.add_argument("--out", default="_build/bench", help="folder of bench.csv and bench.png")
+    ap.add_argument("--warm-cache", action="store_true",
+                    help="keep Inductor's usual disk cache (warm-up then times only what it lacks); by default the run "
+                         "starts from an empty cache of its own, so that each warm-up is a cold compile")
     args = ap.parse_args(argv)
+    if not args.warm_cache:   # read by Inductor at its first compile, which comes later in this process
+        cache = os.path.abspath(os.path.join(args.out, "compile-cache"))
+        shutil.rmtree(cache, ignore_errors=True)
+        os.environ["TORCHINDUCTOR_CACHE_DIR"], os.environ["TRITON_CACHE_DIR"] = cache, os.path.join(cache, "triton")
     device = torch.device(args.device)
     if args.quick:   # on a GPU 20M parameters take well under a millisecond a step: keep the size, time more steps
         args.rounds, args.repeats = 2, (10 if device.type == "cuda" else 3)
@@ -85,6 +92,7 @@ def main(argv=None):
               f"of {args.repeats} steps", flush=True)
         return F.run_bench(names, n, tensors, device, shape=shape, rounds=args.rounds, repeats=args.repeats,
                            warm=args.warm, compile_torch=not args.no_compile, peers=tuple(peers), only=only,
+                           compile_cache="warm" if args.warm_cache else "cold",
                            log=lambda s: print("  " + s, flush=True))
     t0 = time.perf_counter()
     rows = run(names, n, args.tensors, shape, tuple(s for s in args.only.split(",") if s))
@@ -92,7 +100,8 @@ def main(argv=None):
         rows += run(["AdamW"], HB_TENSORS * HB_SHAPE[0] * HB_SHAPE[1], HB_TENSORS, HB_SHAPE,
                     ("optbook fused", "torch fused", "torch compiled step", "heavyball"))
     r0 = rows[0]
-    print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {r0['bandwidth_gbs']} GB/s; ran {time.perf_counter() - t0:.0f} s")
+    print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {r0['bandwidth_gbs']} GB/s; ran {time.perf_counter() - t0:.0f} s; "
+          f"compile caches {'warm (--warm-cache)' if args.warm_cache else 'empty at the start (cold compiles)'}")
     print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13}"
           + (f" {'peak MiB':>8}" if device.type == "cuda" else ""))
     for name, shp in dict.fromkeys((r["optimizer"], r["shape"]) for r in rows):
@@ -124,6 +133,7 @@ def main(argv=None):
         ax.figure.savefig(os.path.join(args.out, "bench.png"), dpi=120, bbox_inches="tight"); plt.close(ax.figure)
         print(f"wrote {os.path.join(args.out, 'bench.png')}")
     except ImportError as err: print(f"no plot ({err})")
+    if not args.warm_cache: shutil.rmtree(os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)   # its job is done
 
 
 if __name__ == "__main__":
