@@ -14,7 +14,7 @@ from .core import Optimizer, update_batch, _real
 # %% auto #0
 __all__ = ['CHUNK', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel', 'hoist_scalars',
            'fused_step', 'step', 'roofline_bytes', 'implementations', 'bench_params', 'inplace_bandwidth', 'Timed',
-           'run_bench', 'write_csv', 'read_csv', 'find_csv', 'plot_bench']
+           'run_bench', 'muon_rows', 'write_csv', 'read_csv', 'find_csv', 'plot_bench']
 
 # %% ../nbs/94_perf.ipynb #prf00006
 CHUNK = 16            # parameters per compiled call: a model with n tensors makes ⌈n/CHUNK⌉ calls per step
@@ -477,6 +477,31 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
         del timed; gc.collect()
         if device.type == "cuda": torch.cuda.empty_cache()
     limits.__exit__(None, None, None)
+    return rows
+
+def muon_rows(device="cpu",
+              shapes=((1024, 1024), (4096, 1024)),  # the matrices (rows, columns)
+              repeats: int = 3) -> list:            # timed runs of Newton–Schulz after one untimed (the median is kept)
+    """Muon's Newton–Schulz (`optbook.muon.newton_schulz`, bf16, 5 steps) against `torch.linalg.svd` on Gaussian matrices.
+
+    One row per shape: Newton–Schulz's time and one SVD's, in ms; the orthogonality error ‖OᵀO − I‖_F/√k of its
+    result O (k the smaller side; 0 for an exactly orthogonal O) and its distance ‖O − UVᵀ‖_F/√k to the polar factor."""
+    from optbook.muon import newton_schulz
+    rows, gen = [], torch.Generator().manual_seed(0)
+    for m, n in shapes:
+        G = torch.randn(m, n, generator=gen).to(device)
+        ts = []
+        for _ in range(repeats + 1):
+            _sync(device); t0 = time.perf_counter(); O = newton_schulz(G); _sync(device)
+            ts.append(time.perf_counter() - t0)
+        _sync(device); t0 = time.perf_counter(); U, S, Vh = torch.linalg.svd(G, full_matrices=False); _sync(device)
+        svd_ms = 1e3 * (time.perf_counter() - t0)
+        O, k = O.float(), min(m, n)
+        OtO = O.mT @ O if m >= n else O @ O.mT
+        orth = (torch.linalg.matrix_norm(OtO - torch.eye(k, device=device)) / k ** 0.5).item()
+        dist = (torch.linalg.matrix_norm(O - U @ Vh) / k ** 0.5).item()
+        rows.append(dict(shape=f"{m}x{n}", ns_ms=_sig(1e3 * statistics.median(ts[1:])), svd_ms=_sig(svd_ms),
+                         orth_err=_sig(orth), dist_to_polar=_sig(dist)))
     return rows
 
 def write_csv(rows: list, path) -> None:

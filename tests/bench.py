@@ -27,27 +27,6 @@ import torch
 from optbook import fused as F
 
 
-def newton_schulz_rows(device, repeats=3):
-    "Muon's Newton–Schulz in bf16: time, and the orthogonality error ‖OᵀO − I‖/√n and distance to UVᵀ from torch.linalg.svd."
-    from optbook.muon import newton_schulz
-    rows = []
-    for m, n in ((1024, 1024), (4096, 1024)):
-        G = torch.randn(m, n, device=device)
-        ts = []
-        for _ in range(repeats + 1):
-            F._sync(device); t0 = time.perf_counter(); O = newton_schulz(G.bfloat16()); F._sync(device)
-            ts.append(time.perf_counter() - t0)
-        F._sync(device); t0 = time.perf_counter(); U, S, Vh = torch.linalg.svd(G, full_matrices=False); F._sync(device)
-        svd_ms = 1e3 * (time.perf_counter() - t0)
-        O, k = O.float(), min(m, n)
-        OtO = O.T @ O if m >= n else O @ O.T
-        orth = (torch.linalg.matrix_norm(OtO - torch.eye(k, device=device)) / k ** 0.5).item()
-        dist = (torch.linalg.matrix_norm(O - U @ Vh) / k ** 0.5).item()
-        rows.append(dict(shape=f"{m}x{n}", ns_ms=round(1e3 * statistics.median(ts[1:]), 3), svd_ms=round(svd_ms, 3),
-                         orth_err=round(orth, 4), dist_to_polar=round(dist, 4)))
-    return rows
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -121,7 +100,7 @@ def main(argv=None):
     F.write_csv(rows, path)
     print(f"\nwrote {path}")
     if not args.no_muon:
-        ns = newton_schulz_rows(device)
+        ns = F.muon_rows(device)
         F.write_csv(ns, os.path.join(args.out, "muon.csv"))
         for r in ns:
             print(f"Muon Newton-Schulz (bf16) {r['shape']}: {r['ns_ms']:.2f} ms against svd {r['svd_ms']:.1f} ms; "

@@ -374,3 +374,15 @@ def test_alias_cache_follows_the_tensors():
     new = torch.zeros_like(ps[0]); ps[0].data = new
     grads(); opt.step()
     assert (new < 0).all()                               # the update reached the new memory
+
+
+def test_muon_rows_measure_newton_schulz_against_svd():
+    "The benchmark's Muon rows: positive times, and errors that a broken Newton–Schulz (a plain G/‖G‖) would exceed."
+    rows = fused.muon_rows(shapes=((64, 64), (128, 32)), repeats=1)
+    assert [r["shape"] for r in rows] == ["64x64", "128x32"]
+    for r in rows:
+        assert r["ns_ms"] > 0 and r["svd_ms"] > 0
+        assert 0 < r["orth_err"] < 0.6 and 0 < r["dist_to_polar"] < 0.4
+    G = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    O = G / torch.linalg.matrix_norm(G)                  # what Newton–Schulz starts from: far from orthogonal
+    assert (torch.linalg.matrix_norm(O.T @ O - torch.eye(64)) / 8).item() > 0.6
