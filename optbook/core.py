@@ -555,7 +555,7 @@ class Optimizer(torch.optim.Optimizer):
 
     def _count_step(self, p: Tensor, group: dict) -> tuple[dict, bool, int | Tensor | None]:
         """`p`'s state (created lazily), whether it was just created, and its step t after this step is counted (None
-        unless `uses_step`); used by the for-loop and foreach paths (the fused path counts a group's steps at once). t is an int, except under `torch.compile`, where it is the counter
+        unless `uses_step`); used by the for-loop and foreach paths (the fused path counts its own: in its compiled kernels, or with one `_foreach_add_` before torch's). t is an int, except under `torch.compile`, where it is the counter
         itself as a float64 0-dim tensor, as torch.optim does: `int()` of a tensor would break the graph (and a whole
         compiled training step would recompile once per parameter), and a Python int would recompile at every step.
         The rules take either (`beta ** t` is a tensor then)."""

@@ -20,6 +20,7 @@ __all__ = ['CHUNK', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED'
 CHUNK = 16            # parameters per compiled call: a model with n tensors makes ⌈n/CHUNK⌉ calls per step
 BACKEND = "inductor"  # torch.compile's backend (a test may swap in a counting one: `reset(backend=...)`)
 _kernels: dict = {}   # (optimizer class, backend) -> its compiled batch update
+_direct: dict = {}    # call signature -> its `_Direct`: the compiled graph, called without dynamo
 _made: list = []      # every kernel ever made (numbers their file names)
 _seen: set = set()    # the call signatures that have compiled (to attribute warm-up time)
 warmup: dict = defaultdict(float)  # optimizer class name -> seconds spent in the calls that compiled
@@ -32,13 +33,16 @@ def fusable(opt) -> bool:
 def reset(backend=None) -> None:
     "Forget the compiled kernels, the warm-up times and dynamo's caches; optionally choose another `torch.compile` backend."
     global BACKEND
-    _kernels.clear(); _seen.clear(); warmup.clear()
+    _kernels.clear(); _seen.clear(); warmup.clear(); _direct.clear()
     if backend is not None: BACKEND = backend
     torch._dynamo.reset()
 
 def kernel(cls: type) -> Callable:
     """The compiled batch update of optimizer class `cls`: `update_batch` under `torch.compile(fullgraph=True, dynamic=True)`.
 
+    It takes the parameters, gradients and state of a call (1-d tensors), the hyperparameters (0-dim tensors) and, for
+    rules that count steps, the parameters' step counters (`state["step"]` as 1-element tensors, all equal): it adds
+    one to each, then runs the rule with t (one CPU op per counter outside would cost more than the rule's launch).
     Each class gets its own function object, hence its own dynamo cache and recompile limit. The rule runs on a
     bare instance of `cls` (a constant to dynamo), so nothing is guarded on the user's optimizer: a second
     optimizer of the same class compiles nothing new."""
@@ -51,14 +55,33 @@ def kernel(cls: type) -> Callable:
             import torch.utils.mkldnn  # noqa: F401
         proxy = cls.__new__(cls)      # the rule reads class attributes only (rule, state_keys); never initialized
         ns: dict = {}
-        src = f"def fused_{cls.__name__}(ps, gs, states, h, t):\n    update_batch(proxy, ps, gs, states, h, t)\n"
+        src = (f"def fused_{cls.__name__}(ps, gs, states, h, steps):\n"
+               "    if steps is not None: torch._foreach_add_(steps, 1)\n"
+               "    update_batch(proxy, ps, gs, states, h, None if steps is None else steps[0].view(()))\n")
         # a file name of its own: dynamo keeps what it learnt about a function (which sizes vary) by file and name
         exec(compile(src, f"<optbook.fused {cls.__module__}.{cls.__qualname__} {len(_made)}>", "exec"),
-             {"update_batch": update_batch, "proxy": proxy}, ns)
+             {"update_batch": update_batch, "proxy": proxy, "torch": torch}, ns)
         _made.append(key)
-        opts = {"options": _inductor_options()} if BACKEND == "inductor" else {}
-        fn = _kernels[key] = torch.compile(ns[f"fused_{cls.__name__}"], fullgraph=True, dynamic=True, backend=BACKEND, **opts)
+        backend = _inductor if BACKEND == "inductor" else BACKEND
+        fn = _kernels[key] = torch.compile(ns[f"fused_{cls.__name__}"], fullgraph=True, dynamic=True, backend=backend)
     return fn
+
+_compiled: list = []   # (input sources, example inputs, outputs, compiled graph) of each graph `_inductor` compiled since `fused_step` cleared it
+
+def _source_name(node) -> Optional[str]:
+    "dynamo's name of where a graph input comes from (a Python expression such as `L['ps'][0].size()[0]`), or None."
+    name = getattr(getattr(node.meta.get("grapharg"), "source", None), "name", None)
+    name = name() if callable(name) else name                       # a method in older torch, a property now
+    return name if isinstance(name, str) else None
+
+def _inductor(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+    "torch.compile's Inductor backend with `_inductor_options()`; it keeps each graph it compiles, for `_Direct`."
+    from torch._inductor.compile_fx import compile_fx
+    sources = [_source_name(n) for n in gm.graph.nodes if n.op == "placeholder"]   # before compiling, which drops them
+    outputs = [n.args[0] for n in gm.graph.nodes if n.op == "output"]
+    compiled = compile_fx(gm, example_inputs, config_patches=_inductor_options())
+    _compiled.append((sources, list(example_inputs), outputs, compiled))
+    return compiled
 
 def _inductor_options() -> dict:
     """Inductor's options for the fused kernels: the `hoist_scalars` pass, and a parallel loop over every parameter.
@@ -136,24 +159,33 @@ def _hoist_pass():
         def uuid(self): return "optbook.fused.hoist_scalars 2"   # change it with the pass: it keys Inductor's cache
     return HoistScalars()
 
-_aliases: dict = {}   # id(tensor) -> (a weak reference to the tensor, its 1-d alias); an entry leaves with its tensor
+_aliases: dict = {}   # id(tensor) -> (a weak reference to the tensor, its 1-d alias, data pointer, length); an entry leaves with its tensor
+
+def _dense(x: Tensor) -> bool:
+    "Whether `x`'s elements fill one block of memory, without gaps or overlaps: contiguous, or channels-last (4-d or 5-d)."
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)) \
+        or (x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d))
 
 def _flat(x: Tensor) -> Tensor:
-    """A contiguous tensor as a 1-d alias of its memory, so that every shape is one symbolic length; other layouts unchanged.
+    """A dense tensor (`_dense`) as a 1-d alias of its memory, in memory order, so that every shape is one symbolic length;
+    other layouts unchanged. Tensors of one layout (a parameter, its gradient and state) have aliases that match
+    element by element.
 
     The alias is a new tensor on the same storage, not a view: dynamo guards a view's base, whose shape and number of
     dimensions would then count again. Aliases are cached (parameters, state, and gradients that live on between
     steps), and used only while the tensor is alive and still has the alias's data pointer and size (`p.data = ...`
-    gives a parameter new memory); a gradient freed by `zero_grad()` takes its entry with it."""
-    if not x.is_contiguous(): return x
+    gives a parameter new memory); a gradient freed by `zero_grad()` takes its entry with it. Tensor subclasses are
+    aliased anew at each call."""
+    if not (x.is_contiguous() or _dense(x)): return x
     entry = _aliases.get(id(x))
-    if entry is not None and entry[0]() is x:
-        a = entry[1]
-        if a.data_ptr() == x.data_ptr() and a.numel() == x.numel(): return a
+    if entry is not None and entry[0]() is x and entry[2] == x.data_ptr() and entry[3] == x.numel(): return entry[1]
     a = torch.empty(0, dtype=x.dtype, device=x.device).set_(x.untyped_storage(), x.storage_offset(), (x.numel(),), (1,))
-    key = id(x)
-    _aliases[key] = (weakref.ref(x, lambda _, key=key: _aliases.pop(key, None)), a)
+    if type(x) in _PLAIN_TENSORS:                   # not a subclass (a FakeTensor has no data pointer to check)
+        key = id(x)
+        _aliases[key] = (weakref.ref(x, lambda _, key=key: _aliases.pop(key, None)), a, x.data_ptr(), x.numel())
     return a
+
+_PLAIN_TENSORS = (Tensor, torch.nn.Parameter)
 
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -200,6 +232,70 @@ def _padding(like: list, rows: int) -> list:
         out.append(row)
     return out
 
+class _Direct:
+    """A compiled graph of the fused path, called without dynamo: after the call that compiled it, a call of the same
+    signature builds the graph's arguments itself and calls the graph directly.
+
+    Through `torch.compile`, every call of a kernel pays for dynamo: its guards (the dtype, device, size and stride of
+    each of some 40 tensors, the sizes that must be equal, no two inputs the same tensor), the bytecode that pulls the
+    graph's arguments out of the lists, and the frame hooks: about 0.1 ms, at each of a step's ⌈n/16⌉ calls. Here the
+    graph's arguments come from dynamo's own names for them (each graph input's source, such as `L['ps'][3]` or
+    `L['ps'][3].size()[0]`, a Python expression that dynamo's guards evaluate too), compiled once into one function.
+    `ready` stands in for the guards that `fused_step`'s call signature (class, device, dtype, call length, state keys,
+    the hyperparameters that are not numbers, the step's dtype and device) and its batching (a parameter's tensors share
+    one dense layout, so each is a 1-d alias) do not already fix: each state tensor has the dtype, device and length it had when the graph
+    compiled (the parameter's length, or a fixed one for a scalar state). A gradient has its parameter's dtype, device and
+    size (torch refuses any other `.grad`); two parameters, gradients or state tensors are never one tensor (an
+    optimizer refuses a parameter twice). A call that fails a check, or runs under a torch function or dispatch mode
+    (`FakeTensorMode`, `torch.device(...)`), goes through dynamo as before; so does every call on another backend."""
+    def __init__(self, compiled, build, specs):
+        self.compiled, self.build, self.specs = compiled, build, specs
+
+    @classmethod
+    def make(cls, sources: list, example_inputs: list, outputs: list, compiled, L: dict) -> Optional["_Direct"]:
+        """The direct call of a graph compiled (`compiled`) for the call whose arguments `L` holds, from its inputs'
+        sources and its outputs as `_inductor` kept them; None where it cannot be built and checked."""
+        if outputs not in ([()], [[]]) or None in sources: return None   # values dynamo would hand back; an unnamed input
+        ns: dict = {}
+        try:
+            exec(compile(f"def build(L): return [{', '.join(sources)}]", "<optbook.fused arguments>", "exec"), {}, ns)
+            got = ns["build"](L)
+        except Exception: return None                                       # a source that is not a plain expression
+        if len(got) != len(example_inputs): return None
+        for x, e in zip(got, example_inputs):                               # the built arguments match what compiled
+            if isinstance(x, Tensor) != isinstance(e, Tensor) or (isinstance(x, Tensor) and (x.dtype, x.dim()) != (e.dtype, e.dim())):
+                return None
+        n = L["ps"][0].numel()
+        lists = {**L["states"], **({"step": L["steps"]} if L["steps"] else {})}   # the step counters: fixed length 1
+        specs = {sym: (xs[0].dtype, xs[0].device, None if xs[0].numel() == n else xs[0].numel()) for sym, xs in lists.items()}
+        return cls(compiled, ns["build"], specs)
+
+    def ready(self, ps: list, gs: list, states: dict, steps: Optional[list]) -> bool:
+        "Whether a call's lists are what the graph compiled for (see the class): then `self(L)` may run it."
+        n = list(map(Tensor.numel, ps))
+        for sym, xs in (*states.items(), *([("step", steps)] if steps else [])):
+            dtype, device, fixed = self.specs[sym]
+            for x, k in zip(xs, n):
+                if not (x.dtype == dtype and x.device == device and x.numel() == (fixed or k)): return False
+        return True
+
+    def __call__(self, L: dict) -> None: self.compiled(*self.build(L))
+
+def _one_layout(p: Tensor, g: Tensor, state: dict) -> bool:
+    """Whether a parameter, its gradient and its state tensors have one dense layout, so that their 1-d aliases (`_flat`)
+    match element by element: all contiguous, or `p` channels-last (dense, gap-free) with the others strided as `p`."""
+    contiguous = Tensor.is_contiguous
+    try:
+        if contiguous(p) and contiguous(g) and all(map(contiguous, state.values())): return True   # the usual case, quickly
+    except TypeError: pass                                       # a state value that is not a tensor
+    tensors = [v for v in state.values() if isinstance(v, Tensor) and v.dim() > 0]   # not the step counters
+    if p.is_contiguous(): return g.is_contiguous() and all(v.is_contiguous() for v in tensors)
+    return _dense(p) and all(x.stride() == p.stride() for x in (g, *tensors))
+
+def _no_modes() -> bool:
+    "Whether no torch function mode and no dispatch mode is active (a direct call would bypass them)."
+    return not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0
+
 @torch.compiler.disable   # inside a compiled training step: run here, as itself (its kernels are compiled already)
 @torch.no_grad()
 def fused_step(opt: Optimizer, group: dict) -> None:
@@ -209,49 +305,60 @@ def fused_step(opt: Optimizer, group: dict) -> None:
     1-d view: a kernel depends on how many tensors a call has, not on their shapes; the calls of a batch have one
     length (`_call_size`, the last filled up with scratch tensors), so a batch compiles one kernel. A parameter whose state was
     just created takes the for-loop path for that step, so first-step special cases (SGD's buffer copy) are
-    never compiled; so do parameters of 0 or 1 elements, whose lengths dynamo would specialize. Hyperparameters
+    never compiled; so do parameters of 0 or 1 elements, whose lengths dynamo would specialize, and parameters whose
+    gradient or state is laid out otherwise than the parameter, or not densely (see `_one_layout`). Hyperparameters
     are float64 for float64 parameters, float32 for the others (see `_as_tensors`). Hyperparameters enter as 0-dim tensors: a scheduler changes data, not code; switching a
-    term on or off (a weight decay of 0 is `None` to the rule) compiles once more."""
+    term on or off (a weight decay of 0 is `None` to the rule) compiles once more. After the call that compiles a
+    kernel, later calls of the same signature call Inductor's graph directly (`_Direct`), without dynamo's overhead."""
     batches = defaultdict(list)
     h = opt.hyper(group)
-    items = [(p, g, *opt._state(p, group)) for p, g in opt.params_with_grad(group)]
-    if opt.uses_step and items:                      # every step counter at once (as `_count_step` does one by one)
-        steps = [state["step"] for _, _, state, _ in items]
-        if len({(s.device, s.dtype) for s in steps}) == 1: torch._foreach_add_(steps, 1)
-        else:
-            for s in steps: s += 1
-    for p, g, state, first in items:
-        t = int(state["step"]) if opt.uses_step else None
-        if first or p.numel() <= 1: opt._update_one(p, g, state, h, t, first)   # sizes 0 and 1 would be specialized
+    for p, g in opt.params_with_grad(group):
+        state, first = opt._state(p, group)
+        t = int(state["step"]) + 1 if opt.uses_step else None   # the step this update takes (counted below, or in the kernel)
+        if first or p.numel() <= 1 or not _one_layout(p, g, state):   # sizes 0 and 1 would be specialized
+            if t is not None: state["step"] += 1
+            opt._update_one(p, g, state, h, t, first)
         else: batches[(p.device, p.dtype, t, tuple(state))].append(p)
     if not batches: return
-    name, fn = type(opt).__name__, None
-    static = tuple((k, v) for k, v in h.items() if not (_is_number(v) or isinstance(v, Tensor)))
+    name, fn, direct_ok = type(opt).__name__, None, _no_modes()
+    static = tuple((k, None if _is_number(v) or isinstance(v, Tensor) else v) for k, v in h.items())
     for (device, dtype, t, keys), ps in batches.items():
         native = _torch_kernel(opt, device)
         if native is not None:                       # torch's kernel over the whole batch (it takes any number of tensors)
+            if t is not None: torch._foreach_add_([opt.state[p]["step"] for p in ps], 1)   # torch's kernels read t, they do not count it
             native(opt, group, ps, False)
             continue
         fn = fn or kernel(type(opt))
         ht = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
-        step = opt.state[ps[0]]["step"] if t is not None else None
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
         size = _call_size(len(ps))
-        with _no_duck_shapes():                     # equal lengths at compile time must not become a guard
-            for i in range(0, len(ps), size):
-                chunk = ps[i:i + size]
-                states = {sym: [_flat(_real(opt.state[p][key])) for p in chunk] for sym, key in syms}
-                args = ([_flat(_real(p)) for p in chunk], [_flat(_real(p.grad)) for p in chunk], states, ht, step)
-                if len(chunk) < size:               # the last call: filled up with scratch tensors shaped like the first's
-                    lists = [args[0], args[1], *states.values()]
-                    for row in _padding([x[0] for x in lists], size - len(chunk)):
-                        for x, s in zip(lists, row): x.append(s)
-                sig = (type(opt), device.type, dtype, size, tuple(states), static)
-                if sig in _seen: fn(*args)
-                else:                               # this call compiles: its time is warm-up, reported apart
-                    t0 = time.perf_counter(); fn(*args); warmup[name] += time.perf_counter() - t0
-                    _seen.add(sig)
-                torch.autograd.graph.increment_version(chunk)   # as an in-place op on the parameters would
+        real = _real if dtype.is_complex else (lambda x: x)     # complex parameters are updated as real pairs
+        for i in range(0, len(ps), size):
+            chunk = ps[i:i + size]
+            states = {sym: [_flat(real(opt.state[p][key])) for p in chunk] for sym, key in syms}
+            steps = None if t is None else [_flat(opt.state[p]["step"]) for p in chunk]
+            args = ([_flat(real(p)) for p in chunk], [_flat(real(p.grad)) for p in chunk], states, ht, steps)
+            if len(chunk) < size:               # the last call: filled up with scratch tensors shaped like the first's
+                lists = [args[0], args[1], *states.values(), *([steps] if steps else [])]
+                for row in _padding([x[0] for x in lists], size - len(chunk)):
+                    for x, s in zip(lists, row): x.append(s)
+            sig = (type(opt), device, dtype, size, tuple(states), static, steps and (steps[0].device, steps[0].dtype))
+            direct = _direct.get(sig) if direct_ok else None
+            if direct is not None and direct.ready(*args[:3], steps):
+                direct(dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps))
+            elif sig in _seen:
+                with _no_duck_shapes(): fn(*args)   # (a recompile too: equal lengths must not become a guard)
+            else:                               # this call compiles: its time is warm-up, reported apart
+                _compiled.clear()
+                t0 = time.perf_counter()
+                with _no_duck_shapes(): fn(*args)
+                warmup[name] += time.perf_counter() - t0
+                _seen.add(sig)
+                if len(_compiled) == 1 and direct_ok:
+                    made = _Direct.make(*_compiled[0], dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps))
+                    if made is not None: _direct[sig] = made
+                _compiled.clear()
+            torch.autograd.graph.increment_version(chunk)
 
 def step(opt: Optimizer, closure=None):
     "One step of `opt` with every parameter group on the fused path (whatever the groups' `fused` says); returns the closure's loss."

@@ -6,6 +6,10 @@
   a compiled rule, whose compilations are counted with a counting backend: one over 100 NAdam steps whose lr, betas and
   weight decay follow schedules; two for a Lion model of 50 distinct shapes (a batch of 16 and the remainder), none for
   another 50 shapes;
+- after the call that compiles, calls run Inductor's graph without dynamo (`fused._Direct`), equal to the reference;
+  a parameter whose state is laid out otherwise takes the for-loop path, a state of another dtype or length goes
+  through dynamo (a wrong length raises), and so does a call under a torch function mode; channels-last parameters
+  are fused and called directly;
 - Inductor computes each scalar of a rule once per call (`hoist_scalars`): no pow is left in NAdam's loops over the
   elements, where without the pass there are some;
 - torch.amp.GradScaler: a step with an inf gradient is skipped and leaves parameters and state untouched;
@@ -368,12 +372,82 @@ def test_alias_cache_follows_the_tensors():
     def grads():
         for p in ps: p.grad = torch.ones_like(p)
     for _ in range(3): grads(); opt.step()
-    assert len(fused._aliases) == 9                      # θ, v and g of each parameter
+    assert len(fused._aliases) == 12                     # θ, v, g and the step counter of each parameter
     opt.zero_grad(); gc.collect()
-    assert len(fused._aliases) == 6                      # the gradients' entries left with them
+    assert len(fused._aliases) == 9                      # the gradients' entries left with them
     new = torch.zeros_like(ps[0]); ps[0].data = new
     grads(); opt.step()
     assert (new < 0).all()                               # the update reached the new memory
+
+
+def _count_direct_calls():
+    "A list that each direct call (`fused._Direct`) appends its number of parameters to, and a function that stops it."
+    calls, make = [], fused._Direct.make
+    class Count(fused._Direct):
+        def __call__(self, L): calls.append(len(L["ps"])); return super().__call__(L)
+    fused._Direct.make = classmethod(lambda cls, *a: (lambda d: d and Count(d.compiled, d.build, d.specs))(make(*a)))
+    def stop(): fused._Direct.make = make
+    return calls, stop
+
+
+def test_direct_calls_skip_dynamo_and_fall_back():
+    """After the call that compiles, calls of the same signature run Inductor's graph without dynamo (`_Direct`), with
+    the iterates of the for-loop path. A parameter whose state is laid out otherwise takes the for-loop path; a call
+    whose state the graph was not compiled for goes through dynamo again (a float32 state in a float64 batch: still
+    the reference's values; a state of the wrong length: an error, not a write out of bounds); so does any call under
+    a torch function mode."""
+    fused.reset()
+    calls, stop = _count_direct_calls()
+    try:
+        a, b, fo, ro = run_pair(optbook.RMSprop, SETTINGS["RMSprop"], steps=4)
+        assert len(fused._direct) == 1 and calls == [4, 4]   # steps 3 and 4 (4 parameters of 2+ elements, one call each)
+        for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
+
+        def step_both(tol=1e-12):
+            for p, q in zip(a, b): p.grad = torch.full_like(p, 0.5); q.grad = p.grad.clone()
+            fused.step(fo); ro.step()
+            for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=tol, atol=tol)
+        keys = ("square_avg", "momentum_buffer", "grad_avg")
+        for key in keys:                                    # transposed copies of a 3x4 parameter's state: the for-loop path
+            v = fo.state[a[0]][key]; fo.state[a[0]][key] = torch.empty(4, 3, dtype=F64).t().copy_(v)
+        step_both()
+        assert calls == [4, 4]                              # the other 3 parameters compiled a kernel of 3
+        for key in keys: fo.state[a[0]][key] = fo.state[a[0]][key].contiguous()
+        step_both()
+        assert calls == [4, 4, 4]                           # one layout again: the direct call
+        with torch.device("cpu"): step_both()               # a torch function mode: through dynamo
+        assert calls == [4, 4, 4]
+        for opt, ps in ((fo, a), (ro, b)): opt.state[ps[0]]["square_avg"] = opt.state[ps[0]]["square_avg"].float()
+        step_both(tol=1e-6)                                 # a float32 state: dynamo's path (it recompiles)
+        assert calls == [4, 4, 4]
+        fo.state[a[2]]["square_avg"] = torch.zeros(a[2].numel() + 1, dtype=F64)   # a wrong length: refused by the rule
+        for p in a: p.grad = torch.ones_like(p)
+        with pytest.raises(Exception, match="size"): fused.step(fo)
+        assert calls == [4, 4, 4]
+    finally:
+        stop(); fused.reset()
+
+
+def test_channels_last_parameters_are_fused():
+    "Channels-last parameters (dense, not contiguous) with gradients and state of their layout: compiled and called directly, equal to the reference."
+    fused.reset()
+    calls, stop = _count_direct_calls()
+    try:
+        shapes = [(2, 3, 4, 5), (3, 2, 2, 2), (4, 5)]
+        a = [x.to(memory_format=torch.channels_last) if x.dim() == 4 else x for x in params(shapes)]
+        b = [p.clone() for p in a]
+        fo, ro = optbook.NAdam(a, lr=1e-2, weight_decay=0.1), optbook.NAdam(b, lr=1e-2, weight_decay=0.1)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            for p, q in zip(a, b):
+                p.grad = torch.randn(p.shape, generator=gen, dtype=F64).to(memory_format=torch.preserve_format)
+                p.grad = torch.empty_like(p).copy_(p.grad); q.grad = p.grad.clone()
+            fused.step(fo); ro.step()
+        assert a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous()
+        assert calls == [3, 3]                              # all three parameters in one kernel call, steps 3 and 4
+        for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
+    finally:
+        stop(); fused.reset()
 
 
 def test_muon_rows_measure_newton_schulz_against_svd():
