@@ -41,8 +41,9 @@ def kernel(cls: type) -> Callable:
     """The compiled batch update of optimizer class `cls`: `update_batch` under `torch.compile(fullgraph=True, dynamic=True)`.
 
     It takes the parameters, gradients and state of a call (1-d tensors), the hyperparameters (0-dim tensors) and, for
-    rules that count steps, the parameters' step counters (`state["step"]` as 1-element tensors, all equal): it adds
-    one to each, then runs the rule with t (one CPU op per counter outside would cost more than the rule's launch).
+    rules that count steps, either the parameters' step counters (`state["step"]` as 1-element tensors, all equal),
+    to which it adds one before running the rule with t (on the CPU: one op per counter outside would cost more than
+    the rule's launch), or t itself, counted already (other devices: the counters stay on the CPU, outside the graph).
     Each class gets its own function object, hence its own dynamo cache and recompile limit. The rule runs on a
     bare instance of `cls` (a constant to dynamo), so nothing is guarded on the user's optimizer: a second
     optimizer of the same class compiles nothing new."""
@@ -55,9 +56,11 @@ def kernel(cls: type) -> Callable:
             import torch.utils.mkldnn  # noqa: F401
         proxy = cls.__new__(cls)      # the rule reads class attributes only (rule, state_keys); never initialized
         ns: dict = {}
-        src = (f"def fused_{cls.__name__}(ps, gs, states, h, steps):\n"
-               "    if steps is not None: torch._foreach_add_(steps, 1)\n"
-               "    update_batch(proxy, ps, gs, states, h, None if steps is None else steps[0].view(()))\n")
+        src = (f"def fused_{cls.__name__}(ps, gs, states, h, steps, t):\n"
+               "    if steps is not None:\n"
+               "        torch._foreach_add_(steps, 1)\n"
+               "        t = steps[0].view(())\n"
+               "    update_batch(proxy, ps, gs, states, h, t)\n")
         # a file name of its own: dynamo keeps what it learnt about a function (which sizes vary) by file and name
         exec(compile(src, f"<optbook.fused {cls.__module__}.{cls.__qualname__} {len(_made)}>", "exec"),
              {"update_batch": update_batch, "proxy": proxy, "torch": torch}, ns)
@@ -328,6 +331,9 @@ def fused_step(opt: Optimizer, group: dict) -> None:
             if t is not None: torch._foreach_add_([opt.state[p]["step"] for p in ps], 1)   # torch's kernels read t, they do not count it
             native(opt, group, ps, False)
             continue
+        inside = t is not None and device.type == "cpu"   # count the steps in the kernel (see `kernel`), else here
+        if t is not None and not inside: torch._foreach_add_([opt.state[p]["step"] for p in ps], 1)
+        tt = opt.state[ps[0]]["step"] if t is not None and not inside else None
         fn = fn or kernel(type(opt))
         ht = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
@@ -336,16 +342,17 @@ def fused_step(opt: Optimizer, group: dict) -> None:
         for i in range(0, len(ps), size):
             chunk = ps[i:i + size]
             states = {sym: [_flat(real(opt.state[p][key])) for p in chunk] for sym, key in syms}
-            steps = None if t is None else [_flat(opt.state[p]["step"]) for p in chunk]
-            args = ([_flat(real(p)) for p in chunk], [_flat(real(p.grad)) for p in chunk], states, ht, steps)
+            steps = [_flat(opt.state[p]["step"]) for p in chunk] if inside else None
+            args = ([_flat(real(p)) for p in chunk], [_flat(real(p.grad)) for p in chunk], states, ht, steps, tt)
             if len(chunk) < size:               # the last call: filled up with scratch tensors shaped like the first's
                 lists = [args[0], args[1], *states.values(), *([steps] if steps else [])]
                 for row in _padding([x[0] for x in lists], size - len(chunk)):
                     for x, s in zip(lists, row): x.append(s)
-            sig = (type(opt), device, dtype, size, tuple(states), static, steps and (steps[0].device, steps[0].dtype))
+            sig = (type(opt), device, dtype, size, tuple(states), static, steps and (steps[0].device, steps[0].dtype),
+                   tt is not None and (tt.device, tt.dtype))
             direct = _direct.get(sig) if direct_ok else None
             if direct is not None and direct.ready(*args[:3], steps):
-                direct(dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps))
+                direct(dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
             elif sig in _seen:
                 with _no_duck_shapes(): fn(*args)   # (a recompile too: equal lengths must not become a guard)
             else:                               # this call compiles: its time is warm-up, reported apart
@@ -355,7 +362,7 @@ def fused_step(opt: Optimizer, group: dict) -> None:
                 warmup[name] += time.perf_counter() - t0
                 _seen.add(sig)
                 if len(_compiled) == 1 and direct_ok:
-                    made = _Direct.make(*_compiled[0], dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps))
+                    made = _Direct.make(*_compiled[0], dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
                     if made is not None: _direct[sig] = made
                 _compiled.clear()
             torch.autograd.graph.increment_version(chunk)
