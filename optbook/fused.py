@@ -250,7 +250,9 @@ class _Direct:
     compiled (the parameter's length, or a fixed one for a scalar state). A gradient has its parameter's dtype, device and
     size (torch refuses any other `.grad`); two parameters, gradients or state tensors are never one tensor (an
     optimizer refuses a parameter twice). A call that fails a check, or runs under a torch function or dispatch mode
-    (`FakeTensorMode`, `torch.device(...)`), goes through dynamo as before; so does every call on another backend."""
+    (`FakeTensorMode`, `torch.device(...)`), goes through dynamo as before; so does every call on another backend, and
+    for now every call off the CPU: on a GPU, Inductor may add guards of its own that these checks do not cover, and
+    the direct call has not yet been run on one."""
     def __init__(self, compiled, build, specs):
         self.compiled, self.build, self.specs = compiled, build, specs
 
@@ -350,7 +352,7 @@ def fused_step(opt: Optimizer, group: dict) -> None:
                     for x, s in zip(lists, row): x.append(s)
             sig = (type(opt), device, dtype, size, tuple(states), static, steps and (steps[0].device, steps[0].dtype),
                    tt is not None and (tt.device, tt.dtype))
-            direct = _direct.get(sig) if direct_ok else None
+            direct = _direct.get(sig) if direct_ok and device.type == "cpu" else None
             if direct is not None and direct.ready(*args[:3], steps):
                 direct(dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
             elif sig in _seen:
@@ -361,7 +363,7 @@ def fused_step(opt: Optimizer, group: dict) -> None:
                 with _no_duck_shapes(): fn(*args)
                 warmup[name] += time.perf_counter() - t0
                 _seen.add(sig)
-                if len(_compiled) == 1 and direct_ok:
+                if len(_compiled) == 1 and direct_ok and device.type == "cpu":
                     made = _Direct.make(*_compiled[0], dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
                     if made is not None: _direct[sig] = made
                 _compiled.clear()
