@@ -14,10 +14,10 @@ from .core import Optimizer, update_batch, _real
 # %% auto #0
 __all__ = ['CHUNK', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel', 'hoist_scalars',
            'fused_step', 'step', 'roofline_bytes', 'implementations', 'bench_params', 'inplace_bandwidth', 'Timed',
-           'run_bench', 'muon_rows', 'write_csv', 'read_csv', 'find_csv', 'plot_bench']
+           'inductor_startup', 'run_bench', 'muon_rows', 'write_csv', 'read_csv', 'find_csv', 'plot_bench']
 
 # %% ../nbs/94_perf.ipynb #prf00006
-CHUNK = 16            # parameters per compiled call: a model with n tensors makes ⌈n/CHUNK⌉ calls per step
+CHUNK = 8             # parameters per compiled call: a model with n tensors makes ⌈n/CHUNK⌉ calls per step (compile time grows with it)
 BACKEND = "inductor"  # torch.compile's backend (a test may swap in a counting one: `reset(backend=...)`)
 _kernels: dict = {}   # (optimizer class, backend) -> its compiled batch update
 _direct: dict = {}    # call signature -> its `_Direct`: the compiled graph, called without dynamo
@@ -33,7 +33,7 @@ def fusable(opt) -> bool:
 def reset(backend=None) -> None:
     "Forget the compiled kernels, the warm-up times and dynamo's caches; optionally choose another `torch.compile` backend."
     global BACKEND
-    _kernels.clear(); _seen.clear(); warmup.clear(); _direct.clear()
+    _kernels.clear(); _seen.clear(); warmup.clear(); _direct.clear(); _plans.clear()
     if backend is not None: BACKEND = backend
     torch._dynamo.reset()
 
@@ -87,14 +87,21 @@ def _inductor(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
     return compiled
 
 def _inductor_options() -> dict:
-    """Inductor's options for the fused kernels: the `hoist_scalars` pass, and a parallel loop over every parameter.
+    """Inductor's options for the fused kernels: the `hoist_scalars` pass, a parallel loop over every parameter, and no
+    size asserts.
 
     With symbolic lengths, Inductor's CPU code decides whether to split a parameter's loop over the threads from the
     length that the compiling call had (its "hint"): under 512 elements per thread it writes a serial loop. The
     kernel serves every later batch of the same signature, so a first batch of biases would leave the big matrices
     of later batches to one thread (and Inductor's disk cache keeps that kernel for other processes).
-    `cpp.dynamic_threads` makes every loop an OpenMP loop whose split the runtime decides, whatever the hint."""
+    `cpp.dynamic_threads` makes every loop an OpenMP loop whose split the runtime decides, whatever the hint.
+
+    Inductor's wrapper asserts each input's size and stride at every call (`size_asserts`): some 30 checks a call, a
+    third of a direct call's cost on small parameters. What they check is checked already: by dynamo's guards on a call
+    through dynamo, and by `_Direct`'s call signature, `ready` and the batching's layout check on a direct call."""
+    from torch._inductor import config
     opts = {"cpp.dynamic_threads": True}
+    if "size_asserts" in getattr(config, "_config", {}): opts["size_asserts"] = False
     if _hoist_pass() is not None: opts["post_grad_custom_post_pass"] = _hoist_pass()
     return opts
 
@@ -114,7 +121,7 @@ def _scalar_op(node) -> bool:
 def _merge_scalars(graph: torch.fx.Graph) -> int:
     """Merge scalar ops that repeat one another (same op, same inputs); returns how many were removed.
 
-    `update_batch` applies the rule to each parameter in turn, so a batch of 16 computes 1 − β₁ᵗ sixteen times; the
+    `update_batch` applies the rule to each parameter in turn, so a call of 8 parameters computes 1 − β₁ᵗ eight times; the
     copies become one node, which `hoist_scalars` then realizes once."""
     seen, merged = {}, 0
     for node in list(graph.nodes):
@@ -208,7 +215,7 @@ def _no_duck_shapes():
     return _config.patch(use_duck_shape=False) if hasattr(_config, "use_duck_shape") else contextlib.nullcontext()
 
 def _call_size(n: int) -> int:
-    """Parameters per call for a batch of `n`: as even as ⌈n/CHUNK⌉ calls allow (50 → 4 calls of 13).
+    """Parameters per call for a batch of `n`: as even as ⌈n/CHUNK⌉ calls allow (50 → 7 calls of 8).
 
     Every call of the batch then has the same length (the last is filled up by `_padding`), so one kernel serves them
     all: compiling a second one for a remainder would cost as many seconds again."""
@@ -240,8 +247,8 @@ class _Direct:
     signature builds the graph's arguments itself and calls the graph directly.
 
     Through `torch.compile`, every call of a kernel pays for dynamo: its guards (the dtype, device, size and stride of
-    each of some 40 tensors, the sizes that must be equal, no two inputs the same tensor), the bytecode that pulls the
-    graph's arguments out of the lists, and the frame hooks: about 0.1 ms, at each of a step's ⌈n/16⌉ calls. Here the
+    each of some 30 tensors, the sizes that must be equal, no two inputs the same tensor), the bytecode that pulls the
+    graph's arguments out of the lists, and the frame hooks: about 0.1 ms, at each of a step's ⌈n/CHUNK⌉ calls. Here the
     graph's arguments come from dynamo's own names for them (each graph input's source, such as `L['ps'][3]` or
     `L['ps'][3].size()[0]`, a Python expression that dynamo's guards evaluate too), compiled once into one function.
     `ready` stands in for the guards that `fused_step`'s call signature (class, device, dtype, call length, state keys,
@@ -301,6 +308,91 @@ def _no_modes() -> bool:
     "Whether no torch function mode and no dispatch mode is active (a direct call would bypass them)."
     return not torch._C._is_torch_function_mode_enabled() and torch._C._len_torch_dispatch_stack() == 0
 
+_plans = weakref.WeakKeyDictionary()   # optimizer -> {id(group): its `_Plan`}
+
+def _tensors_of(ps: list, state: dict, batches: list) -> Optional[list]:
+    """Each batched parameter and its state tensors, in order; `batches` are (indices into `ps`, state keys) pairs.
+    None where a parameter has no state or lacks a key."""
+    out = []
+    for index, keys in batches:
+        for i in index:
+            p = ps[i]
+            s = state.get(p)
+            if s is None: return None
+            out.append(p)
+            for k in keys:
+                v = s.get(k)
+                if v is None: return None
+                out.append(v)
+    return out
+
+class _Plan:
+    """A group's step on the fused path as direct calls (`_Direct`), kept so that the next step can make the same calls
+    without working them out again.
+
+    `fused_step` makes a plan after a step in which every batched call was a direct one, and follows it (`run`) only
+    while it still describes the group, as checked at each step: the same parameters have gradients, in the same order;
+    each batched parameter has the same state tensors (the same objects: `load_state_dict` or a new buffer makes new
+    ones); every parameter and state tensor is still at its data pointer, with its length (`p.data = ...` moves a
+    parameter); each batch's step counters are still equal (the kernel reads the first); each gradient is laid out as
+    its parameter; the hyperparameters that are not numbers are the same; no torch function or dispatch mode is active.
+    Gradients are read anew at each step (`zero_grad()` frees them). When a check fails, the step takes the full path,
+    which may make a new plan. The checks replace the full path's work per parameter: the state lookup, the step's
+    conversion to a number, the layout checks, the alias cache's lookups, the batching and `_Direct.ready`.
+
+    A plan knows its parameters and state tensors by identity (`id`) and weak reference only, and the first of them to
+    be freed drops the plan: so no identity is reused while the plan lives, and a plan never keeps the memory of a
+    parameter or state that is gone (the aliases it holds share that memory)."""
+    def __init__(self, group: dict, params: list, loop: list, static: tuple, batches: list, calls: list, state: dict):
+        self.group, self.loop, self.static, self.calls, self.alive = group, loop, static, calls, True
+        self.batches = [(index, keys) for index, keys, _ in batches]   # indices into the group's parameters, state keys
+        self.steps = [steps for _, _, steps in batches]                # each batch's step counters (1-element aliases) or None
+        tensors = _tensors_of(params, state, self.batches)
+        if tensors is None: self.alive, tensors = False, []                # (every batched parameter has its state: not met)
+        self.params, self.ids = list(map(id, params)), list(map(id, tensors))
+        self.ptrs, self.numels = list(map(Tensor.data_ptr, tensors)), list(map(Tensor.numel, tensors))
+        me = weakref.ref(self)
+        def drop(_, me=me):
+            plan = me()
+            if plan is not None: plan.alive, plan.calls, plan.steps = False, None, None
+        self._refs = [weakref.ref(x, drop) for x in (*params, *tensors)]
+
+    def run(self, opt: Optimizer, group: dict, h: dict) -> bool:
+        "Make this plan's calls for this step of `group` (hyperparameters `h`) and return True; or return False, having done nothing, where it no longer fits."
+        if not self.alive or group is not self.group: return False
+        pairs = list(opt.params_with_grad(group))
+        ps = [p for p, _ in pairs]
+        if list(map(id, ps)) != self.params or _static(h) != self.static or not _no_modes(): return False
+        now = _tensors_of(ps, opt.state, self.batches)
+        if now is None or list(map(id, now)) != self.ids or list(map(Tensor.data_ptr, now)) != self.ptrs \
+                or list(map(Tensor.numel, now)) != self.numels: return False
+        for steps in self.steps:                       # the kernel counts a batch's steps together and reads the first
+            if steps and len(set(map(float, steps))) != 1: return False
+        gl = []
+        for call in self.calls:
+            gs = [pairs[i][1] for i in call["index"]]
+            for g, stride in zip(gs, call["strides"]):
+                if not (g.is_contiguous() if stride is None else g.stride() == stride): return False
+            gl.append([_flat(call["real"](g)) for g in gs] + call["pad"])
+        for i in self.loop:                            # parameters on the for-loop path (sizes 0 and 1, other layouts)
+            p, g = pairs[i]
+            state, first = opt._state(p, group)
+            t = int(state["step"]) + 1 if opt.uses_step else None
+            if t is not None: state["step"] += 1
+            opt._update_one(p, g, state, h, t, first)
+        hts = {}
+        for call, gs in zip(self.calls, gl):
+            dtype = call["dtype"]
+            if dtype not in hts: hts[dtype] = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
+            call["direct"](dict(ps=call["ps"], gs=gs, states=call["states"], h=hts[dtype], steps=call["steps"], t=None))
+            torch.autograd.graph.increment_version([ps[i] for i in call["index"]])
+        return True
+
+def _static(h: dict) -> tuple:
+    """What of the hyperparameters is code, not data: part of a kernel's call signature. A number or tensor (data to the
+    kernel) counts only as being one (`float`); None (a term switched off), bools and strings count by value."""
+    return tuple((k, float if _is_number(v) or isinstance(v, Tensor) else v) for k, v in h.items())
+
 @torch.compiler.disable   # inside a compiled training step: run here, as itself (its kernels are compiled already)
 @torch.no_grad()
 def fused_step(opt: Optimizer, group: dict) -> None:
@@ -314,24 +406,34 @@ def fused_step(opt: Optimizer, group: dict) -> None:
     gradient or state is laid out otherwise than the parameter, or not densely (see `_one_layout`). Hyperparameters
     are float64 for float64 parameters, float32 for the others (see `_as_tensors`). Hyperparameters enter as 0-dim tensors: a scheduler changes data, not code; switching a
     term on or off (a weight decay of 0 is `None` to the rule) compiles once more. After the call that compiles a
-    kernel, later calls of the same signature call Inductor's graph directly (`_Direct`), without dynamo's overhead."""
-    batches = defaultdict(list)
+    kernel, later calls of the same signature call Inductor's graph directly (`_Direct`), without dynamo's overhead;
+    once a whole step has been direct calls, the next steps follow its `_Plan` while it fits."""
     h = opt.hyper(group)
+    plans = _plans.get(opt)
+    plan = plans.get(id(group)) if plans else None
+    if plan is not None and plan.group is group and plan.run(opt, group, h): return
+    batches, loop, params, first_seen = defaultdict(list), [], [], False
     for p, g in opt.params_with_grad(group):
         state, first = opt._state(p, group)
+        first_seen |= first
         t = int(state["step"]) + 1 if opt.uses_step else None   # the step this update takes (counted below, or in the kernel)
         if first or p.numel() <= 1 or not _one_layout(p, g, state):   # sizes 0 and 1 would be specialized
             if t is not None: state["step"] += 1
             opt._update_one(p, g, state, h, t, first)
+            loop.append(len(params))
         else: batches[(p.device, p.dtype, t, tuple(state))].append(p)
+        params.append(p)
+    if plans is not None: plans.pop(id(group), None)
     if not batches: return
     name, fn, direct_ok = type(opt).__name__, None, _no_modes()
-    static = tuple((k, None if _is_number(v) or isinstance(v, Tensor) else v) for k, v in h.items())
+    static = _static(h)
+    calls, planned, where = [], [], {id(p): i for i, p in enumerate(params)}
     for (device, dtype, t, keys), ps in batches.items():
         native = _torch_kernel(opt, device)
         if native is not None:                       # torch's kernel over the whole batch (it takes any number of tensors)
             if t is not None: torch._foreach_add_([opt.state[p]["step"] for p in ps], 1)   # torch's kernels read t, they do not count it
             native(opt, group, ps, False)
+            calls = None
             continue
         inside = t is not None and device.type == "cpu"   # count the steps in the kernel (see `kernel`), else here
         if t is not None and not inside: torch._foreach_add_([opt.state[p]["step"] for p in ps], 1)
@@ -341,6 +443,8 @@ def fused_step(opt: Optimizer, group: dict) -> None:
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
         size = _call_size(len(ps))
         real = _real if dtype.is_complex else (lambda x: x)     # complex parameters are updated as real pairs
+        if calls is not None: planned.append(([where[id(p)] for p in ps], [key for _, key in syms] + (["step"] if inside else []),
+                                              [_flat(opt.state[p]["step"]) for p in ps] if inside else None))
         for i in range(0, len(ps), size):
             chunk = ps[i:i + size]
             states = {sym: [_flat(real(opt.state[p][key])) for p in chunk] for sym, key in syms}
@@ -355,19 +459,30 @@ def fused_step(opt: Optimizer, group: dict) -> None:
             direct = _direct.get(sig) if direct_ok and device.type == "cpu" else None
             if direct is not None and direct.ready(*args[:3], steps):
                 direct(dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
-            elif sig in _seen:
-                with _no_duck_shapes(): fn(*args)   # (a recompile too: equal lengths must not become a guard)
-            else:                               # this call compiles: its time is warm-up, reported apart
-                _compiled.clear()
-                t0 = time.perf_counter()
-                with _no_duck_shapes(): fn(*args)
-                warmup[name] += time.perf_counter() - t0
-                _seen.add(sig)
-                if len(_compiled) == 1 and direct_ok and device.type == "cpu":
-                    made = _Direct.make(*_compiled[0], dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
-                    if made is not None: _direct[sig] = made
-                _compiled.clear()
+                if calls is not None:
+                    calls.append(dict(direct=direct, ps=args[0], states=states, steps=steps, dtype=dtype, real=real,
+                                      index=[where[id(p)] for p in chunk], pad=args[1][len(chunk):],
+                                      strides=[None if p.is_contiguous() else p.stride() for p in chunk]))
+            else:
+                calls = None                    # not every call was direct: no plan from this step
+                if sig in _seen:
+                    with _no_duck_shapes(): fn(*args)   # (a recompile too: equal lengths must not become a guard)
+                else:                           # this call compiles: its time is warm-up, reported apart
+                    _compiled.clear()
+                    t0 = time.perf_counter()
+                    with _no_duck_shapes(): fn(*args)
+                    warmup[name] += time.perf_counter() - t0
+                    _seen.add(sig)
+                    if len(_compiled) == 1 and direct_ok and device.type == "cpu":
+                        made = _Direct.make(*_compiled[0], dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
+                        if made is not None: _direct[sig] = made
+                    _compiled.clear()
             torch.autograd.graph.increment_version(chunk)
+    if calls and not first_seen:
+        plans = _plans.setdefault(opt, {})
+        for k in [k for k, v in plans.items() if not v.alive or not any(v.group is g for g in opt.param_groups)]:
+            del plans[k]                        # plans of groups that are gone (load_state_dict makes new group dicts)
+        plans[id(group)] = _Plan(group, params, loop, static, planned, calls, opt.state)
 
 def step(opt: Optimizer, closure=None):
     "One step of `opt` with every parameter group on the fused path (whatever the groups' `fused` says); returns the closure's loss."
@@ -541,6 +656,20 @@ class Timed:
 # %% ../nbs/94_perf.ipynb #prf00014
 def _sig(x: float, digits: int = 4) -> float: return float(f"{x:.{digits}g}")   # 4 significant digits
 
+_primer: list = []   # the compiled function of `inductor_startup`, made once
+
+def inductor_startup(device="cpu") -> float:
+    """Seconds that Inductor's first compilation in this process takes for a tiny function (about 0 once paid).
+
+    The first compilation pays once for what every later one shares: importing Inductor, and on the CPU finding the
+    compiler's vector instructions and building the precompiled header of its generated C++ (minutes on a slow
+    machine with an empty cache). `run_bench` pays it before anything is timed, so that no implementation's warm-up
+    includes it, and reports it apart."""
+    if not _primer: _primer.append(torch.compile(lambda x: x * 2.0 + 1.0, dynamic=True))
+    _sync(device); t0 = time.perf_counter()
+    _primer[0](torch.ones(8, device=device)); _sync(device)
+    return time.perf_counter() - t0
+
 def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
               n_params: int = 20_000_000,  # parameters in all
               n_tensors: int = 50,         # in this many tensors of distinct sizes
@@ -558,13 +687,15 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
 
     All implementations of one optimizer live at once and are interleaved in rounds (a drift in the machine's load
     then favours none); the next optimizer's are built after they are freed. The roofline is `roofline_bytes`
-    divided by the in-place bandwidth measured at the start of the run."""
+    divided by the in-place bandwidth measured at the start of the run. Inductor's one-time start-up is paid first
+    (`inductor_startup`; column `startup_s`), so that each warm-up is the compilation of that implementation alone."""
     import random, datetime, platform
     device = torch.device(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     machine = f"{machine}, {os.cpu_count()} CPU cores, torch {torch.__version__.split('+')[0]}"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if shape: n_params = n_tensors * math.prod(shape)
+    startup = inductor_startup(device)
     bw = inplace_bandwidth(n_params, device)
     base = bench_params(n_params, n_tensors, device, shape=shape)
     rng, rows = random.Random(0), []
@@ -586,7 +717,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
             rows.append(dict(device=device.type, machine=machine, when=when, params=n_params, tensors=n_tensors,
                              shape="x".join(map(str, shape)) if shape else "distinct", compile_cache=compile_cache,
                              optimizer=name, impl=k, ms=_sig(ms), spread_ms=_sig(max(tm.times) - min(tm.times)),
-                             warmup_s=_sig(tm.warmup_s), roofline_ms=_sig(roof_ms), ratio_roofline=_sig(ms / roof_ms),
+                             warmup_s=_sig(tm.warmup_s), startup_s=_sig(startup), roofline_ms=_sig(roof_ms), ratio_roofline=_sig(ms / roof_ms),
                              bytes_per_param=roofline_bytes(n_state), state_bytes=_sig(tm.state_bytes),
                              min_state_bytes=4 * n_state, peak_mib=round(tm.peak_mib, 1), bandwidth_gbs=round(bw / 1e9, 2)))
         if log: log(f"{name}: " + ", ".join(f"{k} {statistics.median(t.times):.2f} ms" for k, t in timed.items()))

@@ -80,7 +80,8 @@ def main(argv=None):
                     ("optbook fused", "torch fused", "torch compiled step", "heavyball"))
     r0 = rows[0]
     print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {r0['bandwidth_gbs']} GB/s; ran {time.perf_counter() - t0:.0f} s; "
-          f"compile caches {'warm (--warm-cache)' if args.warm_cache else 'empty at the start (cold compiles)'}")
+          f"compile caches {'warm (--warm-cache)' if args.warm_cache else 'empty at the start (cold compiles)'}; "
+          f"Inductor's one-time start-up, paid before the timings: {r0['startup_s']:.1f} s")
     print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13}"
           + (f" {'peak MiB':>8}" if device.type == "cuda" else ""))
     for name, shp in dict.fromkeys((r["optimizer"], r["shape"]) for r in rows):

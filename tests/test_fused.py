@@ -4,12 +4,14 @@
   float32 for a few, under a changing learning rate, with parameters of distinct shapes (a 0-dim one included);
 - SGD, Adam, AdamW and Adagrad run torch's own fused kernels (equal to the rule in float64: the same tests); the others
   a compiled rule, whose compilations are counted with a counting backend: one over 100 NAdam steps whose lr, betas and
-  weight decay follow schedules; two for a Lion model of 50 distinct shapes (a batch of 16 and the remainder), none for
-  another 50 shapes;
+  weight decay follow schedules; one for a Lion model of 50 distinct shapes (7 calls of 8, the last filled up), none
+  for another 50 shapes;
 - after the call that compiles, calls run Inductor's graph without dynamo (`fused._Direct`), equal to the reference;
   a parameter whose state is laid out otherwise takes the for-loop path, a state of another dtype or length goes
   through dynamo (a wrong length raises), and so does a call under a torch function mode; channels-last parameters
-  are fused and called directly;
+  are fused and called directly; once a step has been all direct calls, later steps follow its plan (`fused._Plan`)
+  while it fits, and take the full path, equal to the reference, after each change it must notice; a plan holds
+  no memory of what it no longer fits;
 - Inductor computes each scalar of a rule once per call (`hoist_scalars`): no pow is left in NAdam's loops over the
   elements, where without the pass there are some;
 - torch.amp.GradScaler: a step with an inf gradient is skipped and leaves parameters and state untouched;
@@ -100,8 +102,8 @@ def test_fused_equals_reference_float32(name):
 
 @pytest.mark.parametrize("name", ["NAdam", "Rprop"])   # NAdam: a scalar state (μ product) among the scratch tensors
 def test_filled_up_calls_equal_reference(name):
-    "17 parameters: 2 calls of 9, the second filled up with scratch tensors; every real parameter and its state as on the for-loop path."
-    assert [fused._call_size(n) for n in (1, 16, 17, 50, 300)] == [1, 16, 9, 13, 16]
+    "17 parameters: 3 calls of 6, the third filled up with a scratch tensor; every real parameter and its state as on the for-loop path."
+    assert fused.CHUNK == 8 and [fused._call_size(n) for n in (1, 8, 9, 17, 50, 300)] == [1, 8, 5, 6, 8, 8]
     shapes = [(3 + i,) for i in range(17)]
     a, b, fo, ro = run_pair(getattr(optbook, name), SETTINGS[name], shapes=shapes)
     for p, q in zip(a, b):
@@ -208,7 +210,7 @@ def test_no_recompiles_over_100_scheduled_steps():
 
 
 def test_compilations_do_not_grow_with_shapes():
-    "50 distinct shapes: 4 calls of 13 (the last filled up with 2 scratch tensors), so one compilation; another 50 shapes compile nothing."
+    "50 distinct shapes: 7 calls of 8 (the last filled up with 6 scratch tensors), so one compilation; another 50 shapes compile nothing."
     cnt = CompileCounterWithBackend("inductor")
     fused.reset(backend=cnt)
     try:
@@ -448,6 +450,64 @@ def test_channels_last_parameters_are_fused():
         for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
     finally:
         stop(); fused.reset()
+
+
+def test_plan_follows_the_group_and_notices_changes():
+    """After a step made only of direct calls, the next steps follow its plan (`fused._Plan`): fresh gradients each
+    step (set to None by zero_grad) keep it. Each change below must make the step take the full path again, with the
+    reference's iterates: a parameter given new memory, a state tensor replaced (load_state_dict), one parameter's
+    step counter changed in place (the kernel would read another's), a parameter without a gradient, a changed
+    hyperparameter that is code (weight decay switched off, and on again: direct calls used to miss the switch and
+    kept running the kernel compiled for the other setting), a gradient laid out otherwise. A replaced state tensor,
+    once freed, drops the plan and the aliases it held."""
+    import gc, weakref
+    fused.reset()
+    runs, run = [], fused._Plan.run
+    fused._Plan.run = lambda self, *a: runs.append(run(self, *a)) or runs[-1]
+    try:
+        shapes = [(3, 4), (5,), (2, 3), (7,), (1,)]             # (1,): the for-loop path, inside the plan
+        a = params(shapes); b = [p.clone() for p in a]
+        kw = dict(lr=1e-2, weight_decay=0.1)
+        fo, ro = optbook.NAdam(a, **kw), optbook.NAdam(b, **kw)
+        gen = torch.Generator().manual_seed(3)
+        def step(expect, skip=()):
+            runs.clear()
+            for i, (p, q) in enumerate(zip(a, b)):
+                if i in skip: p.grad = q.grad = None; continue
+                p.grad = torch.randn(p.shape, generator=gen, dtype=F64); q.grad = p.grad.clone()
+            fused.step(fo); ro.step()
+            for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
+            for p, q in zip(a, b):
+                for k, v in ro.state[q].items(): torch.testing.assert_close(fo.state[p][k], v, rtol=1e-12, atol=1e-15)
+            assert runs[-1:] == ([True] if expect else [False] * bool(runs)), (expect, runs)
+        for _ in range(3): step(False)                      # state, compilation, the first direct step (makes the plan)
+        step(True); step(True)
+        new = a[1].detach().clone(); a[1].data = new        # new memory: noticed, the update lands there
+        step(False); assert a[1].data_ptr() == new.data_ptr(); step(True)
+        fo.load_state_dict(fo.state_dict()); ro.load_state_dict(ro.state_dict())
+        step(False); step(True)                             # (load_state_dict makes new group dicts: a new plan entry)
+        for o, ps in ((fo, a), (ro, b)): o.state[ps[2]]["step"].add_(5)   # in place: the same tensor, another value
+        step(False); step(False); step(True)                # two batches by step now: a kernel for 1 parameter, then a plan
+        step(False, skip=(0,)); step(False, skip=(0,)); step(True, skip=(0,))   # a kernel for 2, then a plan
+        step(False); step(True)                             # back to the kernels for 3 and 1
+        for o in (fo, ro): o.param_groups[0]["weight_decay"] = 0.0   # a term switched off: other kernels
+        step(False); step(False); step(True)
+        for o in (fo, ro): o.param_groups[0]["weight_decay"] = 0.1    # and on again: the first kernels, no compilation
+        step(False); step(True)
+        gen_t = torch.Generator().manual_seed(4)
+        g = torch.randn(4, 3, generator=gen_t, dtype=F64).t()   # a transposed gradient for the 3x4 parameter
+        runs.clear(); a[0].grad, b[0].grad = g, g.clone()
+        for p, q in zip(a[1:], b[1:]): p.grad = torch.ones_like(p); q.grad = p.grad.clone()
+        fused.step(fo); ro.step()
+        assert runs == [False]
+        for p, q in zip(a, b): torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
+        plan = fused._plans[fo][id(fo.param_groups[0])]
+        old = fo.state[a[3]]["exp_avg"]; ref = weakref.ref(old)
+        fo.state[a[3]]["exp_avg"] = old.clone(); del old; gc.collect()
+        assert ref() is None and not plan.alive and plan.calls is None   # freed, and the plan let go of its aliases
+        assert len(fused._plans[fo]) == 1                   # the entries of the groups load_state_dict replaced are gone
+    finally:
+        fused._Plan.run = run; fused.reset()
 
 
 def test_muon_rows_measure_newton_schulz_against_svd():
