@@ -2,7 +2,7 @@
 
 # %% ../nbs/94_perf.ipynb #prf00003
 from __future__ import annotations
-import csv, functools, gc, importlib, math, os, pathlib, statistics, time, weakref
+import csv, functools, gc, importlib, math, os, pathlib, re, statistics, time, weakref
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -260,8 +260,13 @@ class _Direct:
     (`FakeTensorMode`, `torch.device(...)`), goes through dynamo as before; so does every call on another backend, and
     for now every call off the CPU: on a GPU, Inductor may add guards of its own that these checks do not cover, and
     the direct call has not yet been run on one."""
-    def __init__(self, compiled, build, specs):
-        self.compiled, self.build, self.specs = compiled, build, specs
+    def __init__(self, compiled, build, specs, sources, n):
+        self.compiled, self.build, self.specs, self.sources, self.n = compiled, build, specs, sources, n   # n: the call's length
+        self.gpos, self.hpos = [], []        # where the arguments are gradients (index into L["gs"]), hyperparameters (key)
+        for pos, src in enumerate(sources):
+            if (m := re.fullmatch(r"L\['gs'\]\[(\d+)\]", src)): self.gpos.append((pos, int(m[1])))
+            elif (m := re.fullmatch(r"L\['h'\]\['(\w+)'\]", src)): self.hpos.append((pos, m[1]))
+            elif re.match(r"L\['(gs|h|t)'\]", src): self.gpos = self.hpos = None; break   # read otherwise: no `_Plan`
 
     @classmethod
     def make(cls, sources: list, example_inputs: list, outputs: list, compiled, L: dict) -> Optional["_Direct"]:
@@ -280,7 +285,7 @@ class _Direct:
         n = L["ps"][0].numel()
         lists = {**L["states"], **({"step": L["steps"]} if L["steps"] else {})}   # the step counters: fixed length 1
         specs = {sym: (xs[0].dtype, xs[0].device, None if xs[0].numel() == n else xs[0].numel()) for sym, xs in lists.items()}
-        return cls(compiled, ns["build"], specs)
+        return cls(compiled, ns["build"], specs, list(sources), len(L["ps"]))
 
     def ready(self, ps: list, gs: list, states: dict, steps: Optional[list]) -> bool:
         "Whether a call's lists are what the graph compiled for (see the class): then `self(L)` may run it."
@@ -291,7 +296,11 @@ class _Direct:
                 if not (x.dtype == dtype and x.device == device and x.numel() == (fixed or k)): return False
         return True
 
-    def __call__(self, L: dict) -> None: self.compiled(*self.build(L))
+    def __call__(self, L: dict) -> None: self.run(self.build(L))
+
+    def run(self, args: list) -> None:
+        "Call the graph with its arguments, as `build` makes them."
+        self.compiled(*args)
 
 def _one_layout(p: Tensor, g: Tensor, state: dict) -> bool:
     """Whether a parameter, its gradient and its state tensors have one dense layout, so that their 1-d aliases (`_flat`)
@@ -380,12 +389,16 @@ class _Plan:
             t = int(state["step"]) + 1 if opt.uses_step else None
             if t is not None: state["step"] += 1
             opt._update_one(p, g, state, h, t, first)
-        hts = {}
-        for call, gs in zip(self.calls, gl):
+        hts, argss = {}, []
+        for call, gs in zip(self.calls, gl):          # every call's arguments first: the kernels then run back to back
             dtype = call["dtype"]
             if dtype not in hts: hts[dtype] = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
-            call["direct"](dict(ps=call["ps"], gs=gs, states=call["states"], h=hts[dtype], steps=call["steps"], t=None))
-            torch.autograd.graph.increment_version([ps[i] for i in call["index"]])
+            args, ht = list(call["args"]), hts[dtype]
+            for pos, j in call["direct"].gpos: args[pos] = gs[j]
+            for pos, k in call["direct"].hpos: args[pos] = ht[k]
+            argss.append(args)
+        for call, args in zip(self.calls, argss): call["direct"].run(args)
+        torch.autograd.graph.increment_version(ps)
         return True
 
 def _static(h: dict) -> tuple:
@@ -458,11 +471,12 @@ def fused_step(opt: Optimizer, group: dict) -> None:
                    tt is not None and (tt.device, tt.dtype))
             direct = _direct.get(sig) if direct_ok and device.type == "cpu" else None
             if direct is not None and direct.ready(*args[:3], steps):
-                direct(dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
-                if calls is not None:
-                    calls.append(dict(direct=direct, ps=args[0], states=states, steps=steps, dtype=dtype, real=real,
-                                      index=[where[id(p)] for p in chunk], pad=args[1][len(chunk):],
-                                      strides=[None if p.is_contiguous() else p.stride() for p in chunk]))
+                built = direct.build(dict(ps=args[0], gs=args[1], states=states, h=ht, steps=steps, t=tt))
+                direct.run(built)
+                if calls is not None and direct.gpos is None: calls = None   # (arguments a plan cannot fill in: no plan)
+                elif calls is not None:          # the arguments, as the plan's template for this call
+                    calls.append(dict(direct=direct, args=built, dtype=dtype, real=real, index=[where[id(p)] for p in chunk],
+                                      pad=args[1][len(chunk):], strides=[None if p.is_contiguous() else p.stride() for p in chunk]))
             else:
                 calls = None                    # not every call was direct: no plan from this step
                 if sig in _seen:
