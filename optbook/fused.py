@@ -2,7 +2,7 @@
 
 # %% ../nbs/94_perf.ipynb #prf00003
 from __future__ import annotations
-import csv, functools, gc, importlib, math, os, pathlib, re, statistics, time, weakref
+import csv, functools, gc, importlib, math, operator, os, pathlib, re, statistics, time, weakref
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -321,18 +321,17 @@ _plans = weakref.WeakKeyDictionary()   # optimizer -> {id(group): its `_Plan`}
 
 def _tensors_of(ps: list, state: dict, batches: list) -> Optional[list]:
     """Each batched parameter and its state tensors, in order; `batches` are (indices into `ps`, state keys) pairs.
-    None where a parameter has no state or lacks a key."""
-    out = []
-    for index, keys in batches:
-        for i in index:
-            p = ps[i]
-            s = state.get(p)
-            if s is None: return None
-            out.append(p)
-            for k in keys:
-                v = s.get(k)
-                if v is None: return None
-                out.append(v)
+    None where a parameter has no state or lacks a key (a value of None is returned as it is)."""
+    out, states = [], list(map(state.get, ps))
+    try:
+        for index, keys in batches:
+            get, one = operator.itemgetter(*keys), len(keys) == 1
+            for i in index:
+                s = states[i]
+                out.append(ps[i])
+                if one: out.append(get(s))
+                else: out.extend(get(s))
+    except (KeyError, TypeError): return None          # no state (None), or a key missing
     return out
 
 class _Plan:
@@ -340,14 +339,19 @@ class _Plan:
     without working them out again.
 
     `fused_step` makes a plan after a step in which every batched call was a direct one, and follows it (`run`) only
-    while it still describes the group, as checked at each step: the same parameters have gradients, in the same order;
-    each batched parameter has the same state tensors (the same objects: `load_state_dict` or a new buffer makes new
-    ones); every parameter and state tensor is still at its data pointer, with its length (`p.data = ...` moves a
-    parameter); each batch's step counters are still equal (the kernel reads the first); each gradient is laid out as
-    its parameter; the hyperparameters that are not numbers are the same; no torch function or dispatch mode is active.
-    Gradients are read anew at each step (`zero_grad()` frees them). When a check fails, the step takes the full path,
-    which may make a new plan. The checks replace the full path's work per parameter: the state lookup, the step's
-    conversion to a number, the layout checks, the alias cache's lookups, the batching and `_Direct.ready`.
+    while it still describes the group, as checked at each step: the group has the same parameters, and the same of
+    them have gradients (none sparse); each batched parameter has the same state tensors (the same objects:
+    `load_state_dict` or a new buffer makes new ones); every parameter and state tensor is still at its data pointer,
+    with its length (`p.data = ...` moves a parameter); no step counter of a batch was changed (the kernel counts a
+    batch's steps together and reads the first): their version counters are as they were, since any in-place change
+    of a tensor bumps its version while the kernel writes through aliases, which have their own (inference tensors have
+    none: their values are compared); each gradient is laid out as its parameter; the hyperparameters that are not
+    numbers are the same; no torch function or dispatch mode is active. Gradients are read anew at each step
+    (`zero_grad()` frees them): a gradient of a 1-d parameter is passed as it is, one of a contiguous parameter as a
+    flat view, others through the alias cache (`_flat`). The hyperparameters' tensors are made again only when a
+    hyperparameter changed. When a check fails, the step takes the full path, which may make a new plan. The checks
+    replace the full path's work per parameter: the state lookup, the step's conversion to a number, the layout checks,
+    the alias cache's lookups, the batching and `_Direct.ready`.
 
     A plan knows its parameters and state tensors by identity (`id`) and weak reference only, and the first of them to
     be freed drops the plan: so no identity is reused while the plan lives, and a plan never keeps the memory of a
@@ -357,49 +361,81 @@ class _Plan:
         self.batches = [(index, keys) for index, keys, _ in batches]   # indices into the group's parameters, state keys
         self.steps = [steps for _, _, steps in batches]                # each batch's step counters (1-element aliases) or None
         tensors = _tensors_of(params, state, self.batches)
-        if tensors is None: self.alive, tensors = False, []                # (every batched parameter has its state: not met)
-        self.params, self.ids = list(map(id, params)), list(map(id, tensors))
+        if tensors is None or any(v is None for v in tensors): self.alive, tensors = False, []   # (every batched parameter has its state: not met)
+        self.ids, self.all_ids = list(map(id, tensors)), list(map(id, group["params"]))
+        at = {id(p): i for i, p in enumerate(group["params"])}
+        self.present = [at[id(p)] for p in params]                     # where the parameters with gradients are in the group
         self.ptrs, self.numels = list(map(Tensor.data_ptr, tensors)), list(map(Tensor.numel, tensors))
+        self.step_at, k = [], 0                                        # where the step counters are in `tensors`
+        for index, keys in self.batches:
+            for _ in index:
+                if "step" in keys: self.step_at.append(k + 1 + keys.index("step"))
+                k += 1 + len(keys)
+        try: self.versions = [tensors[i]._version for i in self.step_at]
+        except RuntimeError: self.versions = None                      # inference tensors: no version counter
+        self.h = self.h_types = self.hts = None                        # the last hyperparameters and their tensors
         me = weakref.ref(self)
         def drop(_, me=me):
             plan = me()
-            if plan is not None: plan.alive, plan.calls, plan.steps = False, None, None
+            if plan is not None: plan.alive, plan.calls, plan.steps, plan.hts = False, None, None, None
         self._refs = [weakref.ref(x, drop) for x in (*params, *tensors)]
 
     def run(self, opt: Optimizer, group: dict, h: dict) -> bool:
         "Make this plan's calls for this step of `group` (hyperparameters `h`) and return True; or return False, having done nothing, where it no longer fits."
         if not self.alive or group is not self.group: return False
-        pairs = list(opt.params_with_grad(group))
-        ps = [p for p, _ in pairs]
-        if list(map(id, ps)) != self.params or _static(h) != self.static or not _no_modes(): return False
+        params = group["params"]
+        if list(map(id, params)) != self.all_ids or not _no_modes(): return False
+        grads = list(map(_grad_of, params))
+        if [i for i, g in enumerate(grads) if g is not None] != self.present: return False
+        ps, gs = [params[i] for i in self.present], [grads[i] for i in self.present]
+        if any(map(_sparse, gs)): return False                      # (the full path refuses them)
+        types = list(map(type, h.values()))
+        hts = self.hts if types == self.h_types and h == self.h else None   # (types first: then no tensor is compared)
+        if hts is None and _static(h) != self.static: return False
         now = _tensors_of(ps, opt.state, self.batches)
         if now is None or list(map(id, now)) != self.ids or list(map(Tensor.data_ptr, now)) != self.ptrs \
                 or list(map(Tensor.numel, now)) != self.numels: return False
-        for steps in self.steps:                       # the kernel counts a batch's steps together and reads the first
-            if steps and len(set(map(float, steps))) != 1: return False
+        if self.versions is not None:
+            if [now[i]._version for i in self.step_at] != self.versions: return False
+        else:
+            for steps in self.steps:
+                if steps and len(set(map(float, steps))) != 1: return False
         gl = []
         for call in self.calls:
-            gs = [pairs[i][1] for i in call["index"]]
-            for g, stride in zip(gs, call["strides"]):
-                if not (g.is_contiguous() if stride is None else g.stride() == stride): return False
-            gl.append([_flat(call["real"](g)) for g in gs] + call["pad"])
+            cg = [gs[i] for i in call["index"]]
+            if call["plain"]:                           # 1-d parameters: a contiguous gradient is its own 1-d alias
+                if not (all(map(Tensor.is_contiguous, cg)) and all(map(_PLAIN_TENSORS.__contains__, map(type, cg)))): return False
+            elif call["contiguous"]:                    # contiguous parameters: a flat view of the gradient
+                if not (all(map(Tensor.is_contiguous, cg)) and all(map(_PLAIN_TENSORS.__contains__, map(type, cg)))): return False
+                cg = [g.view(-1) for g in cg]
+            else:
+                for g, stride in zip(cg, call["strides"]):
+                    if not (g.is_contiguous() if stride is None else g.stride() == stride): return False
+                cg = [_flat(call["real"](g)) for g in cg]
+            gl.append(cg + call["pad"])
         for i in self.loop:                            # parameters on the for-loop path (sizes 0 and 1, other layouts)
-            p, g = pairs[i]
+            p, g = ps[i], gs[i]
             state, first = opt._state(p, group)
             t = int(state["step"]) + 1 if opt.uses_step else None
             if t is not None: state["step"] += 1
             opt._update_one(p, g, state, h, t, first)
-        hts, argss = {}, []
-        for call, gs in zip(self.calls, gl):          # every call's arguments first: the kernels then run back to back
-            dtype = call["dtype"]
-            if dtype not in hts: hts[dtype] = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
-            args, ht = list(call["args"]), hts[dtype]
-            for pos, j in call["direct"].gpos: args[pos] = gs[j]
+        if hts is None:
+            hts = {}
+            for dtype in {call["dtype"] for call in self.calls}:
+                hts[dtype] = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
+            keep = not any(isinstance(v, Tensor) for v in h.values())   # a tensor may change in place: made anew each step
+            self.h, self.h_types, self.hts = (dict(h), types, hts) if keep else (None, None, None)
+        argss = []
+        for call, cg in zip(self.calls, gl):          # every call's arguments first: the kernels then run back to back
+            args, ht = list(call["args"]), hts[call["dtype"]]
+            for pos, j in call["direct"].gpos: args[pos] = cg[j]
             for pos, k in call["direct"].hpos: args[pos] = ht[k]
             argss.append(args)
         for call, args in zip(self.calls, argss): call["direct"].run(args)
         torch.autograd.graph.increment_version(ps)
         return True
+
+_grad_of, _sparse = operator.attrgetter("grad"), operator.attrgetter("is_sparse")
 
 def _static(h: dict) -> tuple:
     """What of the hyperparameters is code, not data: part of a kernel's call signature. A number or tensor (data to the
@@ -475,8 +511,11 @@ def fused_step(opt: Optimizer, group: dict) -> None:
                 direct.run(built)
                 if calls is not None and direct.gpos is None: calls = None   # (arguments a plan cannot fill in: no plan)
                 elif calls is not None:          # the arguments, as the plan's template for this call
+                    strides = [None if p.is_contiguous() else p.stride() for p in chunk]
+                    contiguous = not dtype.is_complex and strides.count(None) == len(chunk)   # (`_flat` is then a flat view)
                     calls.append(dict(direct=direct, args=built, dtype=dtype, real=real, index=[where[id(p)] for p in chunk],
-                                      pad=args[1][len(chunk):], strides=[None if p.is_contiguous() else p.stride() for p in chunk]))
+                                      pad=args[1][len(chunk):], strides=strides, contiguous=contiguous,
+                                      plain=contiguous and all(p.dim() == 1 and type(p) in _PLAIN_TENSORS for p in chunk)))
             else:
                 calls = None                    # not every call was direct: no plan from this step
                 if sig in _seen:

@@ -513,6 +513,47 @@ def test_plan_follows_the_group_and_notices_changes():
         fused._Plan.run = run; fused.reset()
 
 
+def test_plan_keeps_hyperparameter_tensors_until_a_value_changes():
+    """A plan makes the hyperparameters' tensors again only when a value changed: a scheduled lr (a float each step)
+    and an lr tensor changed in place both reach the kernel. 1-d parameters pass their gradients as they are. Under
+    inference mode the step counters have no version counter: the plan compares their values instead, and still
+    notices one changed in place."""
+    fused.reset()
+    runs, run = [], fused._Plan.run
+    fused._Plan.run = lambda self, *a: runs.append(run(self, *a)) or runs[-1]
+    try:
+        a = params([(5,), (7,), (6,)]); b = [p.clone() for p in a]
+        lr_a, lr_b = torch.tensor(1e-2, dtype=F64), torch.tensor(1e-2, dtype=F64)
+        fo, ro = optbook.NAdam(a, lr=1e-2), optbook.NAdam(b, lr=1e-2)
+        gen = torch.Generator().manual_seed(5)
+        def step(expect):
+            runs.clear()
+            for p, q in zip(a, b): p.grad = torch.randn(p.shape, generator=gen, dtype=F64); q.grad = p.grad.clone()
+            fused.step(fo); ro.step()
+            for p, q in zip(a, b):
+                torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-15)
+                for k, v in ro.state[q].items(): torch.testing.assert_close(fo.state[p][k], v, rtol=1e-12, atol=1e-15)
+            assert runs[-1:] == ([True] if expect else [False] * bool(runs)), (expect, runs)
+        for _ in range(3): step(False)
+        for k in range(4):                                  # a schedule: a new float each step, the same plan
+            for o in (fo, ro): o.param_groups[0]["lr"] = 1e-2 * (1 - k / 8)
+            step(True)
+        for o, lr in ((fo, lr_a), (ro, lr_b)): o.param_groups[0]["lr"] = lr
+        step(True)
+        for lr in (lr_a, lr_b): lr.mul_(0.5)                # the same tensor, another value
+        step(True)
+        with torch.inference_mode():                        # new state, made of inference tensors
+            c = params([(5,), (7,), (6,)], seed=1); d = [p.clone() for p in c]
+            fo, ro, a, b = optbook.NAdam(c, lr=1e-2), optbook.NAdam(d, lr=1e-2), c, d
+            step(False); step(False); step(True)            # (the kernel is compiled: the second step is direct calls)
+            plan = fused._plans[fo][id(fo.param_groups[0])]
+            assert plan.versions is None                    # (no version counters: values compared)
+            for o, ps in ((fo, a), (ro, b)): o.state[ps[1]]["step"].add_(2)
+            step(False); step(False); step(True)
+    finally:
+        fused._Plan.run = run; fused.reset()
+
+
 def test_muon_rows_measure_newton_schulz_against_svd():
     "The benchmark's Muon rows: positive times, and errors that a broken Newton–Schulz (a plain G/‖G‖) would exceed."
     rows = fused.muon_rows(shapes=((64, 64), (128, 32)), repeats=1)
