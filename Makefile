@@ -47,10 +47,13 @@ test:
 	$(MAKE) --no-print-directory booktest; \
 	echo "make test: all checks passed in $$(( $$(date +%s) - start )) s"
 
-# The unit tests: everything that needs neither the built book nor a chapter's execution (seconds, not minutes).
+# The unit tests: everything that needs neither the built book nor a chapter's execution (seconds, not minutes), spread
+# over TEST_WORKERS processes by pytest-xdist (default: one per CPU; most tests keep one core busy: on 2 cores here
+# 184 s against 486 s one by one).
+TEST_WORKERS ?= auto
 unit: venv export
 	@start=$$(date +%s); \
-	$(BIN)/pytest -q -m "not book" tests; \
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not book" tests; \
 	echo "make unit: passed in $$(( $$(date +%s) - start )) s"
 
 # The tests of the built book (pages in headless Chromium, the Colab-style run records, execution times).
