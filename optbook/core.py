@@ -392,6 +392,11 @@ class Optimizer(torch.optim.Optimizer):
         "Update two or more parameters that share a `matrix_batch_key` at once; `items` are (p, g, state) triples."
         raise NotImplementedError(f"{type(self).__name__} returns batch keys, so it must implement update_matrices()")
 
+    def update_shards(self, items: list, h: dict) -> None:
+        """Update a group's DTensor shards (FSDP2), all at once, so that an optimizer can share out work between ranks;
+        `items` are (p, g, state, t, first). Default: one by one, each gathered whole (`_update_matrix`)."""
+        for p, g, state, t, first in items: self._update_matrix(p, g, state, h, t, first)
+
     # Shared with optimizers that own their step (L-BFGS)
     def evaluate(self, closure: Optional[Callable[[], Any]]):
         "The closure's loss, computed with gradients enabled; None without a closure."
@@ -577,12 +582,12 @@ class Optimizer(torch.optim.Optimizer):
                 fused_step(self, group)
                 continue
             h = self.hyper(group)
-            batches, matrix_batches = defaultdict(list), defaultdict(list)
+            batches, matrix_batches, shards = defaultdict(list), defaultdict(list), []
             for p, g in self.params_with_grad(group):
                 state, first, t = self._count_step(p, group)
                 if self.per_matrix:
-                    key = None if _is_dtensor(p) else self.matrix_batch_key(group, p)
-                    if key is None: self._update_matrix(p, g, state, h, t, first)
+                    if _is_dtensor(p): shards.append((p, g, state, t, first))    # FSDP2: after the loop, together
+                    elif (key := self.matrix_batch_key(group, p)) is None: self._update_matrix(p, g, state, h, t, first)
                     else: matrix_batches[key].append((p, g, state, t, first))
                 elif self._use_foreach(group, p) and not isinstance(t, Tensor):   # (compiled: t is a tensor, see _count_step)
                     batches[(p.device, p.dtype, first, t, tuple(state))].append(p)
@@ -600,6 +605,7 @@ class Optimizer(torch.optim.Optimizer):
             for items in matrix_batches.values():
                 if len(items) == 1: self._update_matrix(*items[0][:3], h, *items[0][3:])   # alone: one matrix
                 else: self.update_matrices([item[:3] for item in items], h)
+            if shards: self.update_shards(shards, h)
         return loss
 
 def _local_part(full: Tensor, shard) -> Tensor:

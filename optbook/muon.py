@@ -202,9 +202,21 @@ class Muon(Optimizer):
         if foreach is None: foreach = p.device.type != "cpu"
         return (p.shape, p.dtype, p.device) if foreach else None
 
+    def update_shards(self, items, h):
+        """FSDP2: each matrix is orthogonalized on one rank only (`_orthogonalize_spread`); the momentum stays a shard.
+        Shards laid out otherwise than by rows over a 1-d mesh: one by one, each on every rank (`_update_matrix`)."""
+        by_mesh, rest = defaultdict(list), []
+        for item in items:
+            p, g, state = item[:3]
+            if _row_sharded(p, g, state.get("momentum_buffer")): by_mesh[p.device_mesh].append(item[:3])
+            else: rest.append(item)
+        super().update_shards(rest, h)
+        for mesh, spread in by_mesh.items(): _orthogonalize_spread(mesh, spread, h)
+
     def _update_matrix(self, p, g, state, h, t, first):
-        """FSDP2: the momentum stays a shard like θ. It is updated with the local gradient; only the direction d is
-        gathered for Newton–Schulz, and each rank writes its own rows of the update (r from the whole matrix's shape)."""
+        """A DTensor shard that `update_shards` does not spread: the momentum stays a shard like θ and is updated with
+        the local gradient; only the direction d is gathered, every rank runs Newton–Schulz on the whole matrix and
+        writes its own part of the update (r from the whole matrix's shape)."""
         m = state.get("momentum_buffer")
         if not (_is_dtensor(p) and _is_dtensor(m) and _is_dtensor(g)):
             return super()._update_matrix(p, g, state, h, t, first)     # a plain tensor, or a gathered (full) buffer
@@ -222,6 +234,80 @@ class Muon(Optimizer):
         for (p, _, s), o in zip(items, O.unbind(0)):
             if s.get("second_momentum_buffer") is not None: o = neuron_normalize(o, s["second_momentum_buffer"], h["beta2"], h["eps"])
             _apply(p, o, h["eta"], h["lam"], h["adjust_lr_fn"])
+
+# %% ../nbs/07_muon.ipynb #mdist001
+def _owners(costs: list, world: int) -> list:
+    """Each matrix's rank, for `costs` (the work of each matrix's Newton–Schulz): the costliest first, each to the rank
+    with the least work so far (ties: the lowest rank). Every rank computes the same answer from the same shapes."""
+    load, owner = [0.0] * world, [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: -costs[i]):
+        owner[i] = min(range(world), key=load.__getitem__)
+        load[owner[i]] += costs[i]
+    return owner
+
+def _rows_of(n: int, world: int, rank: int) -> tuple:
+    "The rows [lo, hi) of an n-row tensor that `rank` holds under `Shard(0)` over `world` ranks (`torch.chunk`'s split)."
+    c = -(-n // world)
+    return min(rank * c, n), min(rank * c + c, n)
+
+def _row_sharded(*xs) -> bool:
+    """Whether every tensor of `xs` is a DTensor of one shape split by rows (`Shard(0)`) over one 1-d mesh, each rank
+    holding the rows `_rows_of` gives: the layout of FSDP2's parameters, gradients and `zeros_like` state."""
+    if not all(map(_is_dtensor, xs)): return False
+    from torch.distributed.tensor import Shard
+    mesh = xs[0].device_mesh
+    if mesh.ndim != 1: return False
+    lo, hi = _rows_of(xs[0].shape[0], mesh.size(), mesh.get_local_rank())
+    return all(x.device_mesh == mesh and tuple(x.placements) == (Shard(0),) and x.shape == xs[0].shape
+               and x.to_local().shape[0] == hi - lo for x in xs)
+
+def _orthogonalize_spread(mesh, items: list, h: dict) -> None:
+    """Muon's step for row-sharded matrices on `mesh` (`items`: (θ, g, state) triples), each matrix orthogonalized once.
+
+    1. Every rank updates the momentum of its rows, m ← βm + (1−β)g, and forms its rows of the direction d
+       (elementwise: the same numbers as on the whole matrix).
+    2. Each matrix has an owner (`_owners`, balancing the work d_out·d_in·min(d_out, d_in) of Newton–Schulz); every
+       rank sends its rows of d to the owner (one `gather` per matrix), the owner runs Newton–Schulz (and NorMuon's
+       row normalization, which needs the whole O) and sends each rank its rows of O (one `scatter`); NorMuon's v,
+       a whole (rows,) vector on every rank, is sent to every rank (`broadcast`), so that all ranks keep the same state.
+    3. Every rank applies its rows of O, with r from the whole matrix's shape.
+
+    Each matrix's data crosses the network twice (its rows to the owner, O's rows back), as with gathering it for
+    every rank; Newton–Schulz runs once per matrix instead of once per matrix and rank. The collectives of a step
+    are issued together (`async_op=True`), then waited for."""
+    import torch.distributed as dist
+    group, world, me = mesh.get_group(), mesh.size(), mesh.get_local_rank()
+    at = lambda rank: dist.get_global_rank(group, rank)
+    ds = [_direction(g.to_local(), s["momentum_buffer"].to_local(), h["beta"], h["nesterov"]) for _, g, s in items]
+    shapes = [p.shape for p, _, _ in items]
+    rows, cols = [s[0] for s in shapes], [math.prod(s[1:]) for s in shapes]
+    owner = _owners([r * c * min(r, c) for r, c in zip(rows, cols)], world)
+    chunk = [-(-r // world) for r in rows]                       # rows per rank; the last ranks may hold fewer
+    pad = lambda x, n: x if x.shape[0] == n else torch.cat([x, x.new_zeros((n - x.shape[0], *x.shape[1:]))])
+    got, work = {}, []
+    for i, d in enumerate(ds):                                  # 1 → 2: each rank's rows of d to the owner
+        mine = pad(d, chunk[i]).contiguous()
+        if owner[i] == me: got[i] = [torch.empty_like(mine) for _ in range(world)]
+        work.append(dist.gather(mine, got.get(i), dst=at(owner[i]), group=group, async_op=True))
+    for w in work: w.wait()
+    parts = {}
+    for i, pieces in got.items():                               # 2: the owner's Newton–Schulz, on the whole d
+        d = torch.cat(pieces)[:rows[i]]
+        O = newton_schulz(d.reshape(rows[i], -1), h["coefficients"], h["ns_steps"], h["eps"], h["safety"])
+        v = items[i][2].get("second_momentum_buffer")
+        if v is not None: O = neuron_normalize(O, v, h["beta2"], h["eps"])
+        O = O.to(d.dtype).reshape(d.shape)                      # exact (bfloat16 into a wider type); θ's dtype to send
+        parts[i] = [pad(O[slice(*_rows_of(rows[i], world, r))], chunk[i]).contiguous() for r in range(world)]
+    outs, work = [], []
+    for i, d in enumerate(ds):                                  # 2 → 3: each rank's rows of O from the owner
+        outs.append(torch.empty((chunk[i], *d.shape[1:]), dtype=d.dtype, device=d.device))
+        work.append(dist.scatter(outs[i], parts.get(i), src=at(owner[i]), group=group, async_op=True))
+        v = items[i][2].get("second_momentum_buffer")
+        if v is not None: work.append(dist.broadcast(v, src=at(owner[i]), group=group, async_op=True))
+    for w in work: w.wait()
+    for (p, _, _), out, d in zip(items, outs, ds):               # 3
+        _apply(p.to_local(), out[:d.shape[0]], h["eta"], h["lam"], h["adjust_lr_fn"], shape=p.shape)
+
 
 # %% ../nbs/07_muon.ipynb #adc916fa
 def _muon_weight(module: nn.Module, name: str) -> str | None:

@@ -4,7 +4,8 @@ model and optimizer → load → set_state_dict → continue) equals an uninterr
 
 Every rank sees the whole batch, so FSDP's averaged gradient is (g + g)/2 = g exactly and the runs can be compared at a
 tight tolerance. The layers have an odd number of rows (uneven shards) and more rows than columns (Muon's shape factor
-r must come from the whole matrix, not from the shard). One spawn runs every case, to stay within about a minute."""
+r must come from the whole matrix, not from the shard). Each rank counts its Newton–Schulz calls: Muon orthogonalizes each
+matrix on one rank. One spawn runs every case, to stay within about a minute."""
 import os
 import socket
 import time
@@ -51,7 +52,10 @@ CASES = {
 # Cases that fail for a known reason (xfail). Shampoo's diagonal statistic and momentum are DTensor shards: the core's
 # whole-matrix path (Optimizer._update_matrix) gathers them with θ and g and writes each rank's part back, so "shampoo_all" passes.
 KNOWN_FAILURES = {}
-RESUME = ["MuonWithAuxAdam", "muon+adamw", "shampoo", "adam"]   # the checkpoint round trip
+RESUME = ["MuonWithAuxAdam", "muon+adamw", "muon_pe_normuon", "shampoo", "adam"]   # the checkpoint round trip (NorMuon: v, whole on every rank)
+# Muon's matrices per case (muon_with_adamw and MuonWithAuxAdam give the head, the last Linear, to AdamW): each is
+# orthogonalized by one rank per step, so Newton–Schulz runs STEPS times this many, summed over the ranks
+MUON_MATRICES = {"muon": 3, "muon_rms_plain": 3, "muon_pe_normuon": 3, "muon+adamw": 2, "MuonWithAuxAdam": 2}
 
 
 def as_tuple(made): return tuple(made) if isinstance(made, (tuple, list)) else (made,)
@@ -92,9 +96,17 @@ def _worker(rank, port, out_dir):
 
     def full(model): return [p.full_tensor().detach().clone() for p in model.parameters()]
 
+    import optbook.muon
+    ns_calls, newton_schulz = [0], optbook.muon.newton_schulz
+    def counted(*args, **kwargs):                     # Newton–Schulz, counted on this rank
+        ns_calls[0] += 1
+        return newton_schulz(*args, **kwargs)
+    optbook.muon.newton_schulz = counted
+
     x, y = data()
-    results, errors = {}, {}
+    results, errors, ns = {}, {}, {}
     for name, make in CASES.items():
+        ns_calls[0] = 0
         try:
             model = sharded()
             assert all(type(p).__name__ == "DTensor" for p in model.parameters())
@@ -102,6 +114,8 @@ def _worker(rank, port, out_dir):
             results[name] = full(model)
         except Exception as e:                                    # report it, and go on with the other cases
             errors[name] = f"{type(e).__name__}: {e}"
+        ns[name] = [None] * WORLD
+        dist.all_gather_object(ns[name], ns_calls[0])             # every rank's count
     for name in RESUME:
         try:
             model = sharded(); opts = as_tuple(CASES[name](model))
@@ -118,7 +132,7 @@ def _worker(rank, port, out_dir):
             results["resume:" + name] = full(fresh)
         except Exception as e:
             errors["resume:" + name] = f"{type(e).__name__}: {e}"
-    if rank == 0: torch.save({"results": results, "errors": errors}, os.path.join(out_dir, "results.pt"))
+    if rank == 0: torch.save({"results": results, "errors": errors, "ns_calls": ns}, os.path.join(out_dir, "results.pt"))
     open(os.path.join(out_dir, f"done-{rank}"), "w").close()
     dist.barrier()                          # gloo may abort at teardown otherwise
     dist.destroy_process_group()
@@ -165,3 +179,12 @@ def test_fsdp2_checkpoint_round_trip_equals_uninterrupted(distributed, name):
     assert key not in distributed["errors"], distributed["errors"].get(key)
     for a, b in zip(distributed["results"][key], distributed["results"][name]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", MUON_MATRICES)
+def test_fsdp2_muon_orthogonalizes_each_matrix_on_one_rank(distributed, name):
+    "Newton–Schulz runs once per matrix and step, on one rank (not on every rank), and every rank gets a share."
+    assert name not in distributed["errors"], distributed["errors"].get(name)
+    calls = distributed["ns_calls"][name]
+    assert sum(calls) == STEPS * MUON_MATRICES[name], calls
+    assert min(calls) > 0, calls
