@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Optimizer, TensorList, check_betas, check_nonneg, off
+from .core import Optimizer, TensorList, add_scaled, check_betas, check_nonneg, off
 
 # %% auto #0
 __all__ = ['adam_update', 'Adam', 'AdamW', 'adamax_update', 'Adamax', 'nadam_update', 'NAdam']
@@ -32,7 +32,7 @@ def adam_update(
     if maximize: g = -g
     if lam is not None:
         if decoupled: p.mul_(1 - eta * lam)            # θ ← (1 − ηλ)θ            (AdamW)
-        else: g = g.add(p, alpha=lam)                  # ḡ = g + λθ               (L2)
+        else: g = add_scaled(g, p, lam)                # ḡ = g + λθ               (L2)
     m.lerp_(g, 1 - beta1)                              # m ← β₁m + (1 − β₁)g
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)      # v ← β₂v + (1 − β₂)g²
     if v_max is not None:
@@ -198,7 +198,7 @@ def adamax_update(
 ) -> None:
     "One Adamax step, in place: u ← max(β₂u, |g| + ε), θ ← θ − η/(1 − β₁ᵗ)·m/u."
     if maximize: g = -g
-    if lam is not None: g = g.add(p, alpha=lam)        # ḡ = g + λθ
+    if lam is not None: g = add_scaled(g, p, lam)      # ḡ = g + λθ
     m.lerp_(g, 1 - beta1)                              # m ← β₁m + (1 − β₁)g
     u.mul_(beta2).clamp_min_(g.abs().add_(eps))        # u ← max(β₂u, |g| + ε)
     p.addcdiv_(m, u, value=-eta / (1 - beta1 ** t))    # θ ← θ − η·m̂/u
@@ -284,7 +284,7 @@ def nadam_update(
     if maximize: g = -g
     if lam is not None:
         if decoupled: p.mul_(1 - eta * lam)                      # θ ← (1 − ηλ)θ
-        else: g = g.add(p, alpha=lam)                            # ḡ = g + λθ
+        else: g = add_scaled(g, p, lam)                          # ḡ = g + λθ
     omega = beta1 * (1 - 0.5 * 0.96 ** (t * psi))                # ω_t
     omega_next = beta1 * (1 - 0.5 * 0.96 ** ((t + 1) * psi))     # ω_{t+1}
     omega_prod.mul_(omega)                                       # ω_{1:t} = ω_{1:t−1}·ω_t

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .core import Optimizer, TensorList, check_nonneg, off
+from .core import Optimizer, TensorList, add_scaled, check_nonneg, off
 
 # %% auto #0
 __all__ = ['adagrad_update', 'Adagrad', 'rmsprop_update', 'RMSprop', 'adadelta_update', 'Adadelta']
@@ -26,7 +26,7 @@ def adagrad_update(
 ) -> None:
     "One AdaGrad step, in place: G ← G + ḡ⊙ḡ, θ ← θ − η_t·ḡ/(√G + ε), where ḡ = ±g + λθ."
     if maximize: g = -g
-    if lam is not None: g = g.add(p, alpha=lam)             # ḡ ← g + λθ
+    if lam is not None: g = add_scaled(g, p, lam)           # ḡ ← g + λθ
     G.addcmul_(g, g)                                        # G ← G + ḡ⊙ḡ
     eta_t = eta if nu is None else eta / (1 + (t - 1) * nu) # η_t ← η / (1 + (t − 1)ν)
     p.addcdiv_(g, G.sqrt().add_(eps), value=-eta_t)         # θ ← θ − η_t·ḡ / (√G + ε)
@@ -118,7 +118,7 @@ def rmsprop_update(
 ) -> None:
     "One RMSprop step, in place: v ← β₂v + (1 − β₂)ḡ⊙ḡ, r = √v + ε (or √(v − m⊙m) + ε), θ ← θ − η·ḡ/r or θ − η·b."
     if maximize: g = -g
-    if lam is not None: g = g.add(p, alpha=lam)            # ḡ ← g + λθ
+    if lam is not None: g = add_scaled(g, p, lam)          # ḡ ← g + λθ
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)          # v ← β₂v + (1 − β₂)ḡ⊙ḡ
     if m is not None:
         m.lerp_(g, 1 - beta2)                              # m ← β₂m + (1 − β₂)ḡ
@@ -231,7 +231,7 @@ def adadelta_update(
 ) -> None:
     "One AdaDelta step, in place: d = √(a + ε)/√(v + ε)·ḡ with the old a, then a ← β₂a + (1 − β₂)d⊙d, θ ← θ − η·d."
     if maximize: g = -g
-    if lam is not None: g = g.add(p, alpha=lam)             # ḡ ← g + λθ
+    if lam is not None: g = add_scaled(g, p, lam)           # ḡ ← g + λθ
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)           # v ← β₂v + (1 − β₂)ḡ⊙ḡ
     r = v.add(eps).sqrt_()                                  # r ← √(v + ε), while v is still in the cache
     d = a.add(eps).sqrt_().div_(r).mul_(g)                  # d ← √(a + ε) / r · ḡ   (a is still a_{t−1})

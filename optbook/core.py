@@ -14,8 +14,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['default_device', 'progress', 'check_real', 'check_nonneg', 'check_range', 'check_int', 'check_betas', 'off',
-           'TensorList', 'Optimizer', 'nan_sign', 'sign_update', 'SignSGD', 'hyper_tensors', 'update_batch',
-           'compile_update']
+           'TensorList', 'Optimizer', 'nan_sign', 'add_scaled', 'sign_update', 'SignSGD', 'hyper_tensors',
+           'update_batch', 'compile_update']
 
 # %% ../nbs/90_core.ipynb #21292c07
 def default_device() -> torch.device:
@@ -621,6 +621,13 @@ def nan_sign(x: Tensor | TensorList) -> Tensor | TensorList:
         return torch.where(x.isfinite(), x.sign(), torch.nan)
     return x.sign().add_(x, alpha=0)                        # eager: + 0·x, which is 0 where x is finite and NaN where not
                                                             # (0·inf, 0·NaN); one temporary, twice as fast as torch.where
+
+def add_scaled(x: Tensor | TensorList, y: Tensor | TensorList, c) -> Tensor | TensorList:
+    """x + c·y, a new tensor: `x.add(y, alpha=c)`, except for a tensor c inside a compiled region, where it is written
+    `x + c * y` (the same one fused loop to Inductor). torch 2.11's compiler, Colab's, cannot trace an out-of-place `add`
+    whose `alpha` is a tensor, as the fused path's hyperparameters are: it fails with `PendingUnbackedSymbolNotFound`."""
+    if isinstance(c, Tensor) and isinstance(x, Tensor) and torch.compiler.is_compiling(): return x + c * y
+    return x.add(y, alpha=c)
 
 def sign_update(
     p: Tensor | TensorList,          # θ: the parameters, updated in place

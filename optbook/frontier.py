@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .core import Optimizer, TensorList, check_betas, check_int, check_nonneg, check_range, off
+from .core import Optimizer, TensorList, add_scaled, check_betas, check_int, check_nonneg, check_range, off
 from .shampoo import eigh_finite
 
 # %% auto #0
@@ -32,7 +32,7 @@ def schedulefree_adamw_update(
     "One Schedule-Free AdamW step on y and z; x (the average) is implicit: x = (y − (1 − β₁) z)/β₁."
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)           # v ← β₂v + (1 − β₂)g²
     u = g / (v / (1 - beta2 ** t)).sqrt().add_(eps)          # u = g/(√v̂ + ε)
-    if lam is not None: u = u.add(p, alpha=lam)              # u ← u + λy   (decay at y)
+    if lam is not None: u = add_scaled(u, p, lam)            # u ← u + λy   (decay at y)
     # x ← (1 − c) x + c z⁺ with z⁺ = z − ηu, and y = (1 − β₁) z + β₁ x, written on y directly:
     p.lerp_(z, c)                                            # y ← (1 − c) y + c z
     p.add_(u * (eta * (beta1 * (1 - c) - 1)))                # y ← y + η(β₁(1 − c) − 1) u

@@ -2,7 +2,7 @@
 
 # %% ../nbs/94_perf.ipynb #prf00003
 from __future__ import annotations
-import csv, functools, gc, importlib, math, operator, os, pathlib, re, statistics, time, weakref
+import csv, functools, gc, importlib, linecache, math, operator, os, pathlib, re, statistics, time, warnings, weakref
 from collections import defaultdict
 from typing import Callable, Optional
 
@@ -50,7 +50,6 @@ def kernel(cls: type) -> Callable:
     key = (cls, BACKEND if isinstance(BACKEND, str) else id(BACKEND))
     fn = _kernels.get(key)
     if fn is None:
-        import warnings
         with warnings.catch_warnings():   # Inductor imports torch.utils.mkldnn, whose class body warns of a torch.jit deprecation
             warnings.simplefilter("ignore", DeprecationWarning)
             import torch.utils.mkldnn  # noqa: F401
@@ -61,9 +60,14 @@ def kernel(cls: type) -> Callable:
                "        torch._foreach_add_(steps, 1)\n"
                "        t = steps[0].view(())\n"
                "    update_batch(proxy, ps, gs, states, h, t)\n")
-        # a file name of its own: dynamo keeps what it learnt about a function (which sizes vary) by file and name
-        exec(compile(src, f"<optbook.fused {cls.__module__}.{cls.__qualname__} {len(_made)}>", "exec"),
-             {"update_batch": update_batch, "proxy": proxy, "torch": torch}, ns)
+        # a file name of its own: dynamo keeps what it learnt about a function (which sizes vary) by file and name.
+        # The function's module is this one, and its source is in linecache, so `inspect.getsourcefile` finds a file:
+        # where it finds none, torch 2.11's compile wraps the function in one shared wrapper (`wrap_inline`), and every
+        # class would share that wrapper's dynamo cache and recompile limit.
+        name = f"<optbook.fused {cls.__module__}.{cls.__qualname__} {len(_made)}>"
+        linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+        exec(compile(src, name, "exec"),
+             {"__name__": __name__, "update_batch": update_batch, "proxy": proxy, "torch": torch}, ns)
         _made.append(key)
         backend = _inductor if BACKEND == "inductor" else BACKEND
         fn = _kernels[key] = torch.compile(ns[f"fused_{cls.__name__}"], fullgraph=True, dynamic=True, backend=backend)
@@ -82,7 +86,11 @@ def _inductor(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
     from torch._inductor.compile_fx import compile_fx
     sources = [_source_name(n) for n in gm.graph.nodes if n.op == "placeholder"]   # before compiling, which drops them
     outputs = [n.args[0] for n in gm.graph.nodes if n.op == "output"]
-    compiled = compile_fx(gm, example_inputs, config_patches=_inductor_options())
+    with warnings.catch_warnings():
+        # torch 2.6 only, a false alarm: dynamo's compile metrics read every config value, which marks the empty dict
+        # skipfiles_inline_module_allowlist as set by the user, and each later compile then warns that it skips it
+        warnings.filterwarnings("ignore", "Skipping serialization of skipfiles_inline_module_allowlist", UserWarning)
+        compiled = compile_fx(gm, example_inputs, config_patches=_inductor_options())
     _compiled.append((sources, list(example_inputs), outputs, compiled))
     return compiled
 
@@ -260,8 +268,9 @@ class _Direct:
     (`FakeTensorMode`, `torch.device(...)`), goes through dynamo as before; so does every call on another backend, and
     for now every call off the CPU: on a GPU, Inductor may add guards of its own that these checks do not cover, and
     the direct call has not yet been run on one."""
-    def __init__(self, compiled, build, specs, sources, n):
+    def __init__(self, compiled, build, specs, sources, n, fast=None):
         self.compiled, self.build, self.specs, self.sources, self.n = compiled, build, specs, sources, n   # n: the call's length
+        self.fast = fast                     # Inductor's own entry point under aot_autograd's wrappers (`_unwrapped`), or None
         self.gpos, self.hpos = [], []        # where the arguments are gradients (index into L["gs"]), hyperparameters (key)
         for pos, src in enumerate(sources):
             if (m := re.fullmatch(r"L\['gs'\]\[(\d+)\]", src)): self.gpos.append((pos, int(m[1])))
@@ -285,7 +294,7 @@ class _Direct:
         n = L["ps"][0].numel()
         lists = {**L["states"], **({"step": L["steps"]} if L["steps"] else {})}   # the step counters: fixed length 1
         specs = {sym: (xs[0].dtype, xs[0].device, None if xs[0].numel() == n else xs[0].numel()) for sym, xs in lists.items()}
-        return cls(compiled, ns["build"], specs, list(sources), len(L["ps"]))
+        return cls(compiled, ns["build"], specs, list(sources), len(L["ps"]), _unwrapped(compiled, ns["build"], L))
 
     def ready(self, ps: list, gs: list, states: dict, steps: Optional[list]) -> bool:
         "Whether a call's lists are what the graph compiled for (see the class): then `self(L)` may run it."
@@ -299,8 +308,61 @@ class _Direct:
     def __call__(self, L: dict) -> None: self.run(self.build(L))
 
     def run(self, args: list) -> None:
-        "Call the graph with its arguments, as `build` makes them."
-        self.compiled(*args)
+        "Call the graph with its arguments, as `build` makes them (`args` is left as it is)."
+        if self.fast is not None: self.fast(list(args))     # a boxed call: it takes a list, and empties it
+        else: self.compiled(*args)
+
+def _graph_of(compiled, depth: int = 8):
+    """Inductor's compiled graph (a `CompiledFxGraph`) under aot_autograd's runtime wrappers `compiled`, found by
+    following `__wrapped__` and the wrappers' closures; None where it is not found."""
+    todo, seen = [(compiled, 0)], set()
+    while todo:
+        f, k = todo.pop()
+        if id(f) in seen or k > depth: continue
+        seen.add(id(f))
+        if type(f).__name__ == "CompiledFxGraph" and callable(getattr(f, "current_callable", None)): return f
+        inner = [getattr(f, "__wrapped__", None)]
+        for cell in getattr(f, "__closure__", None) or ():
+            try: inner.append(cell.cell_contents)
+            except ValueError: pass                  # an empty cell
+        todo.extend((x, k + 1) for x in inner if callable(x) or type(x).__name__ == "CompiledFxGraph")
+    return None
+
+def _bits(x: Tensor) -> Tensor:
+    "`x`'s bits as integers of its size (so that equal NaNs compare equal)."
+    return x.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[x.element_size()])
+
+def _unwrapped(compiled, build: Callable, L: dict) -> Optional[Callable]:
+    """Inductor's own entry point (its generated `call(args)`) under aot_autograd's runtime wrappers of `compiled`, where it
+    is found and does what `compiled` does; else None.
+
+    The wrappers cost about 10 µs a call, a third of a direct call on small parameters: they bump the version counters
+    of the mutated inputs (here the 1-d aliases, whose counters nothing reads; `fused_step` bumps the parameters'),
+    set the grad mode (`fused_step` runs without grad) and leave and re-enter dynamo's frame hook (`fused_step` is
+    not traced). What they could add is checked: the graph returns nothing (every mutation happens inside it), asks
+    for no alignment check of its inputs, and on two identical sets of scratch tensors like the call's (3 elements for
+    each parameter-length tensor), the two entry points change the same tensors to the same bits."""
+    graph = _graph_of(compiled)
+    if graph is None or getattr(graph, "output_strides", None) != [] or getattr(graph, "inputs_to_check", None) != []:
+        return None
+    fast = graph.current_callable
+    n = list(map(Tensor.numel, L["ps"]))
+    def scratch() -> dict:
+        gen = torch.Generator().manual_seed(0)
+        small = lambda x, k: ((torch.rand(3, generator=gen, dtype=torch.float64) + 0.5).to(x.device, x.dtype)
+                              if x.dim() == 1 and x.numel() == k else x.detach().clone())
+        return dict(ps=[small(p, k) for p, k in zip(L["ps"], n)], gs=[small(g, k) for g, k in zip(L["gs"], n)],
+                    states={s: [small(x, k) for x, k in zip(xs, n)] for s, xs in L["states"].items()},
+                    h=L["h"], steps=[x.detach().clone() for x in L["steps"]] if L["steps"] else L["steps"], t=L["t"])
+    tensors = lambda S: [*S["ps"], *S["gs"], *(x for xs in S["states"].values() for x in xs), *(S["steps"] or [])]
+    try:
+        before, a, b = scratch(), scratch(), scratch()
+        compiled(*build(a))
+        fast(build(b))
+        same = all(torch.equal(_bits(x), _bits(y)) for x, y in zip(tensors(a), tensors(b)))
+        moved = any(not torch.equal(_bits(x), _bits(y)) for x, y in zip(a["ps"], before["ps"]))
+    except Exception: return None                    # (a layout or dtype the check does not know)
+    return fast if same and moved else None
 
 def _one_layout(p: Tensor, g: Tensor, state: dict) -> bool:
     """Whether a parameter, its gradient and its state tensors have one dense layout, so that their 1-d aliases (`_flat`)
@@ -755,7 +817,8 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     # every torch.optim class's step is wrapped by the same profiling function, so their compilations count against one
     # recompile limit (8 by default): past it, "torch compiled step" would silently run eagerly
     from torch._dynamo import config as dynamo_config
-    limits = dynamo_config.patch(recompile_limit=max(dynamo_config.recompile_limit, 4 * len(names) + 8))
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"   # its name before torch 2.7
+    limits = dynamo_config.patch(**{limit: max(getattr(dynamo_config, limit), 4 * len(names) + 8)})
     limits.__enter__()
     for name in names:
         impls = {k: v for k, v in implementations(name, compile_torch, peers, device).items() if not only or any(s in k for s in only)}
