@@ -11,7 +11,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PY      := .venv/bin/python
 BIN     := .venv/bin
-# torch is optbook's only runtime dependency (settings.ini: torch>=2.1). The development venv pins the CPU
+# torch is optbook's only runtime dependency (settings.ini: torch>=2.6). The development venv pins the CPU
 # build that this machine kind keeps on disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH   ?= torch==2.13.0
 # Debian packages: a CJK font for the figures' Chinese labels, Chromium and its driver for the page test,
