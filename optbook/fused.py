@@ -12,12 +12,14 @@ from torch import Tensor
 from .core import Optimizer, update_batch, _real
 
 # %% auto #0
-__all__ = ['CHUNK', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel', 'hoist_scalars',
-           'fused_step', 'step', 'roofline_bytes', 'implementations', 'bench_params', 'inplace_bandwidth', 'Timed',
-           'inductor_startup', 'run_bench', 'muon_rows', 'write_csv', 'read_csv', 'find_csv', 'plot_bench']
+__all__ = ['CHUNK', 'CALL_OPS', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel',
+           'hoist_scalars', 'fused_step', 'step', 'roofline_bytes', 'implementations', 'bench_params',
+           'inplace_bandwidth', 'Bandwidth', 'Timed', 'inductor_startup', 'run_bench', 'muon_rows', 'write_csv',
+           'read_csv', 'find_csv', 'plot_bench']
 
 # %% ../nbs/94_perf.ipynb #prf00006
-CHUNK = 8             # parameters per compiled call: a model with n tensors makes ⌈n/CHUNK⌉ calls per step (compile time grows with it)
+CHUNK = 8             # the most parameters per compiled call: a model with n tensors makes at least ⌈n/CHUNK⌉ calls per step
+CALL_OPS = 96         # the most operations of the rule per compiled call (compile time grows with them; see `_rule_ops`)
 BACKEND = "inductor"  # torch.compile's backend (a test may swap in a counting one: `reset(backend=...)`)
 _kernels: dict = {}   # (optimizer class, backend) -> its compiled batch update
 _direct: dict = {}    # call signature -> its `_Direct`: the compiled graph, called without dynamo
@@ -33,7 +35,7 @@ def fusable(opt) -> bool:
 def reset(backend=None) -> None:
     "Forget the compiled kernels, the warm-up times and dynamo's caches; optionally choose another `torch.compile` backend."
     global BACKEND
-    _kernels.clear(); _seen.clear(); warmup.clear(); _direct.clear(); _plans.clear()
+    _kernels.clear(); _seen.clear(); warmup.clear(); _direct.clear(); _plans.clear(); _ops.clear()
     if backend is not None: BACKEND = backend
     torch._dynamo.reset()
 
@@ -222,13 +224,50 @@ def _no_duck_shapes():
     from torch.fx.experimental import _config
     return _config.patch(use_duck_shape=False) if hasattr(_config, "use_duck_shape") else contextlib.nullcontext()
 
-def _call_size(n: int) -> int:
-    """Parameters per call for a batch of `n`: as even as ⌈n/CHUNK⌉ calls allow (50 → 7 calls of 8).
+def _call_size(n: int, most: Optional[int] = None) -> int:
+    """Parameters per call for a batch of `n`, at most `most` (default `CHUNK`): as even as that many calls allow
+    (50 → 7 calls of 8; at most 4: 13 calls of 4).
 
     Every call of the batch then has the same length (the last is filled up by `_padding`), so one kernel serves them
     all: compiling a second one for a remainder would cost as many seconds again."""
-    calls = -(-n // CHUNK)
+    calls = -(-n // (most or CHUNK))
     return -(-n // calls)
+
+_ops: dict = {}   # (optimizer class, dtype, state keys, `_static` of the hyperparameters, step counted inside) -> `_rule_ops`
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    "Counts the aten operations run under it whose result has more than one element (not those on scalars)."
+    def __init__(self): super().__init__(); self.n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.n += isinstance(out, Tensor) and out.numel() > 1
+        return out
+
+def _rule_ops(opt: Optimizer, key: tuple, p: Tensor, g: Tensor, states: dict, h: dict, t) -> int:
+    """The number of aten operations of one parameter's update (`update_batch` on one parameter, as a call runs it),
+    counted once per `key` on 2-element copies of `p`, `g` and its state (`states`: symbol -> 1-d alias; `t`: the
+    step as a 0-dim tensor, or None); 1 where it cannot be counted.
+
+    A compiled call unrolls the rule over its parameters, and its compile time grows with the operations in the graph:
+    on this book's 2-core machine, cold, from 4 s (RMSprop, 8 parameters of 9 operations) to 11 s (Rprop, 8 of 19),
+    against 5 s for Rprop at 4 per call. So a call holds at most `CALL_OPS` operations (`fused_step`): a rule of k
+    operations gets ⌊CALL_OPS/k⌋ parameters per call (`_per_call`: at least 2, at most `CHUNK`). More calls cost little once compiled:
+    a direct call each, some 15 µs, against the milliseconds a step of a large model moves bytes."""
+    n = _ops.get(key)
+    if n is None:
+        two = lambda x: x[:2].clone() if x.numel() == p.numel() else x.clone()   # a scalar state (NAdam's μ product) as it is
+        try:
+            with _CountOps() as count:
+                update_batch(type(opt).__new__(type(opt)), [two(p)], [two(g)], {s: [two(x)] for s, x in states.items()}, h,
+                             None if t is None else t.detach().clone().reshape(()))
+            n = count.n
+        except Exception: n = 1                       # (uncounted: the call then holds `CHUNK` parameters)
+        _ops[key] = n
+    return n
+
+def _per_call(k: int) -> int:
+    "The most parameters per call for a rule of `k` operations per parameter (`_rule_ops`): ⌊CALL_OPS/k⌋, at least 2, at most `CHUNK`."
+    return min(CHUNK, max(2, CALL_OPS // k))
 
 _spare: dict = {}   # (device, dtype, shape of a scalar or None) -> scratch tensors that fill up a short call
 
@@ -507,7 +546,8 @@ def _static(h: dict) -> tuple:
 @torch.compiler.disable   # inside a compiled training step: run here, as itself (its kernels are compiled already)
 @torch.no_grad()
 def fused_step(opt: Optimizer, group: dict) -> None:
-    """One step of `group` on the fused path: the rule compiled over up to `CHUNK` parameters per call.
+    """One step of `group` on the fused path: the rule compiled over up to `CHUNK` parameters per call (fewer for a long
+    rule: at most `CALL_OPS` operations, see `_rule_ops`).
 
     Parameters are batched by device, dtype, step and state keys, as on the foreach path, and each is seen as a
     1-d view: a kernel depends on how many tensors a call has, not on their shapes; the calls of a batch have one
@@ -552,8 +592,11 @@ def fused_step(opt: Optimizer, group: dict) -> None:
         fn = fn or kernel(type(opt))
         ht = _as_tensors(h, torch.float64 if dtype in (torch.float64, torch.complex128) else torch.float32)
         syms = [(sym, key) for sym, (key, _) in opt.state_keys.items() if key in keys]
-        size = _call_size(len(ps))
         real = _real if dtype.is_complex else (lambda x: x)     # complex parameters are updated as real pairs
+        p0, s0 = ps[0], opt.state[ps[0]]
+        k = _rule_ops(opt, (type(opt), dtype, keys, static, inside), _flat(real(p0)), _flat(real(p0.grad)),
+                      {sym: _flat(real(s0[key])) for sym, key in syms}, ht, tt if tt is not None else s0["step"] if inside else None)
+        size = _call_size(len(ps), _per_call(k))
         if calls is not None: planned.append(([where[id(p)] for p in ps], [key for _, key in syms] + (["step"] if inside else []),
                                               [_flat(opt.state[p]["step"]) for p in ps] if inside else None))
         for i in range(0, len(ps), size):
@@ -725,12 +768,28 @@ def bench_params(n_params: int, n_tensors: int, device="cpu", seed: int = 0,
 
 def inplace_bandwidth(n: int, device="cpu", repeats: int = 20) -> float:
     "Bytes per second of `a.add_(b)` over `n` fp32 elements (12 bytes each: read a and b, write a); the fastest of `repeats` (a roofline is a bound)."
-    a, b = torch.randn(n, device=device), torch.randn(n, device=device)
-    for _ in range(3): a.add_(b)
-    ts = []
-    for _ in range(repeats):
-        _sync(device); t0 = time.perf_counter(); a.add_(b); _sync(device); ts.append(time.perf_counter() - t0)
-    return 12 * n / min(ts)
+    probe = Bandwidth(n, device)
+    probe.run(repeats)
+    return probe.values[0]
+
+class Bandwidth:
+    """The in-place bandwidth of `inplace_bandwidth`, measured again at each `run` on the same two buffers; `values`
+    holds one measurement per run, in bytes per second.
+
+    `run_bench` runs it once per round, at a random place among the implementations' timings: on a machine whose load
+    changes within minutes, the bandwidth that a step's roofline divides by is then measured over the same minutes as
+    the step."""
+    def __init__(self, n: int, device="cpu"):
+        self.n, self.device, self.values = n, torch.device(device), []
+        self.a, self.b = torch.randn(n, device=device), torch.randn(n, device=device)
+        for _ in range(3): self.a.add_(self.b)
+
+    def run(self, repeats: int) -> None:
+        "Time `repeats` in-place additions; keep the fastest as bytes per second."
+        ts = []
+        for _ in range(max(repeats, 3)):
+            _sync(self.device); t0 = time.perf_counter(); self.a.add_(self.b); _sync(self.device); ts.append(time.perf_counter() - t0)
+        self.values.append(12 * self.n / min(ts))
 
 def _tensors_in(x) -> list:
     "The tensors in a state entry, however nested in dicts, lists and tuples (heavyball keeps `state[p][0][name]`)."
@@ -802,7 +861,8 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
 
     All implementations of one optimizer live at once and are interleaved in rounds (a drift in the machine's load
     then favours none); the next optimizer's are built after they are freed. The roofline is `roofline_bytes`
-    divided by the in-place bandwidth measured at the start of the run. Inductor's one-time start-up is paid first
+    divided by the in-place bandwidth (`Bandwidth`) measured in the same rounds: once per round, at a random place in
+    its order, and the median over the rounds (column `bandwidth_gbs`, one value per optimizer). Inductor's one-time start-up is paid first
     (`inductor_startup`; column `startup_s`), so that each warm-up is the compilation of that implementation alone."""
     import random, datetime, platform
     device = torch.device(device)
@@ -811,7 +871,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if shape: n_params = n_tensors * math.prod(shape)
     startup = inductor_startup(device)
-    bw = inplace_bandwidth(n_params, device)
+    probe = Bandwidth(n_params, device)
     base = bench_params(n_params, n_tensors, device, shape=shape)
     rng, rows = random.Random(0), []
     # every torch.optim class's step is wrapped by the same profiling function, so their compilations count against one
@@ -823,9 +883,11 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     for name in names:
         impls = {k: v for k, v in implementations(name, compile_torch, peers, device).items() if not only or any(s in k for s in only)}
         timed = {k: Timed(make, base, warm) for k, make in impls.items()}
+        probe.values.clear()
         for _ in range(rounds):
-            order = list(timed); rng.shuffle(order)
-            for k in order: timed[k].run(repeats)
+            order = [*timed, None]; rng.shuffle(order)            # None: the bandwidth probe
+            for k in order: (probe if k is None else timed[k]).run(repeats)
+        bw = statistics.median(probe.values)
         n_state = BENCH_SPECS[name][1]
         roof_ms = 1e3 * roofline_bytes(n_state) * n_params / bw
         for k, tm in timed.items():
@@ -840,6 +902,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
         del timed; gc.collect()
         if device.type == "cuda": torch.cuda.empty_cache()
     limits.__exit__(None, None, None)
+    del probe
     return rows
 
 def muon_rows(device="cpu",

@@ -5,7 +5,8 @@ timed in interleaved rounds (a shuffled order each round, so a drift in the mach
 is the median over rounds of each round's median. Compilation (optbook's fused kernels, `torch.compile` of
 torch.optim's step) is paid in the untimed warm-up steps and reported apart. The roofline of an optimizer is the
 bytes a single-pass step must move per parameter (read θ, g and each state tensor, write θ and each state tensor)
-divided by the in-place bandwidth measured in the same run (`a.add_(b)`, 12 bytes per element). State bytes per
+divided by the in-place bandwidth (`a.add_(b)`, 12 bytes per element), measured once in each of the optimizer's
+rounds, at a random place among its implementations (the median over the rounds). State bytes per
 parameter are measured from each optimizer's state and set against the algorithm's minimum.
 
 The machinery is `optbook.fused.run_bench` (the book's appendix, nbs/94_perf.ipynb, runs a small version of it when
@@ -79,7 +80,8 @@ def main(argv=None):
         rows += run(["AdamW"], HB_TENSORS * HB_SHAPE[0] * HB_SHAPE[1], HB_TENSORS, HB_SHAPE,
                     ("optbook fused", "torch fused", "torch compiled step", "heavyball"))
     r0 = rows[0]
-    print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {r0['bandwidth_gbs']} GB/s; ran {time.perf_counter() - t0:.0f} s; "
+    bws = [r["bandwidth_gbs"] for r in rows]
+    print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {min(bws)}-{max(bws)} GB/s (measured in each optimizer's rounds); ran {time.perf_counter() - t0:.0f} s; "
           f"compile caches {'warm (--warm-cache)' if args.warm_cache else 'empty at the start (cold compiles)'}; "
           f"Inductor's one-time start-up, paid before the timings: {r0['startup_s']:.1f} s")
     print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13}"
@@ -95,7 +97,7 @@ def main(argv=None):
         if fused and peers_rows:
             best = min(peers_rows, key=lambda r: r["ms"])
             print(f"{'':9} optbook fused / fastest peer ({best['impl']}): {fused['ms'] / best['ms']:.2f}; "
-                  f"roofline {fused['roofline_ms']:.2f} ms ({r0['bandwidth_gbs']} GB/s x {fused['bytes_per_param']} B/param)")
+                  f"roofline {fused['roofline_ms']:.2f} ms ({fused['bandwidth_gbs']} GB/s x {fused['bytes_per_param']} B/param)")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "bench.csv")
     F.write_csv(rows, path)

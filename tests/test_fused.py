@@ -4,8 +4,9 @@
   float32 for a few, under a changing learning rate, with parameters of distinct shapes (a 0-dim one included);
 - SGD, Adam, AdamW and Adagrad run torch's own fused kernels (equal to the rule in float64: the same tests); the others
   a compiled rule, whose compilations are counted with a counting backend: one over 100 NAdam steps whose lr, betas and
-  weight decay follow schedules; one for a Lion model of 50 distinct shapes (7 calls of 8, the last filled up), none
-  for another 50 shapes;
+  weight decay follow schedules; one for a Lion model of 50 distinct shapes (9 calls of 6, the last filled up), none
+  for another 50 shapes; a compiled call holds at most `CALL_OPS` parameter-sized operations (counted in the graph
+  aot_autograd hands the compiler), so long rules (Rprop) get fewer parameters per call than `CHUNK`;
 - after the call that compiles, calls run Inductor's graph without dynamo (`fused._Direct`), equal to the reference;
   a parameter whose state is laid out otherwise takes the for-loop path, a state of another dtype or length goes
   through dynamo (a wrong length raises), and so does a call under a torch function mode; channels-last parameters
@@ -102,8 +103,9 @@ def test_fused_equals_reference_float32(name):
 
 @pytest.mark.parametrize("name", ["NAdam", "Rprop"])   # NAdam: a scalar state (μ product) among the scratch tensors
 def test_filled_up_calls_equal_reference(name):
-    "17 parameters: 3 calls of 6, the third filled up with a scratch tensor; every real parameter and its state as on the for-loop path."
+    "17 parameters: 4 calls of 5 (NAdam) or 5 of 4 (Rprop), the last filled up with scratch tensors; every real parameter and its state as on the for-loop path."
     assert fused.CHUNK == 8 and [fused._call_size(n) for n in (1, 8, 9, 17, 50, 300)] == [1, 8, 5, 6, 8, 8]
+    assert [fused._call_size(n, 5) for n in (17, 50)] == [5, 5] and [fused._call_size(n, 4) for n in (17, 50)] == [4, 4]
     shapes = [(3 + i,) for i in range(17)]
     a, b, fo, ro = run_pair(getattr(optbook, name), SETTINGS[name], shapes=shapes)
     for p, q in zip(a, b):
@@ -210,7 +212,7 @@ def test_no_recompiles_over_100_scheduled_steps():
 
 
 def test_compilations_do_not_grow_with_shapes():
-    "50 distinct shapes: 7 calls of 8 (the last filled up with 6 scratch tensors), so one compilation; another 50 shapes compile nothing."
+    "50 distinct shapes: 9 calls of 6 (the last filled up with 4 scratch tensors), so one compilation; another 50 shapes compile nothing."
     cnt = CompileCounterWithBackend("inductor")
     fused.reset(backend=cnt)
     try:
@@ -224,6 +226,38 @@ def test_compilations_do_not_grow_with_shapes():
             assert cnt.frame_count == 1, f"{cnt.frame_count} compilations after a model of 50 shapes (seed {seed})"
     finally: fused.reset(backend="inductor")
 
+
+
+def test_calls_hold_at_most_call_ops_operations():
+    """Each compiled call's graph, as aot_autograd hands it to the compiler, has at most `CALL_OPS` operations on
+    parameter-sized tensors (the compile time grows with them); the budget makes Rprop's calls shorter than `CHUNK`
+    (8 of its parameters would be some 170), and leaves plain RMSprop's at `CHUNK`."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch.fx.experimental.symbolic_shapes import has_free_symbols
+    graphs = []
+    def keep(gm, example_inputs):
+        graphs.append(gm); return gm.forward
+    def parameter_sized(node):
+        v = node.meta.get("val")
+        return node.op == "call_function" and isinstance(v, torch.Tensor) and has_free_symbols(v.numel())
+    sizes = {}
+    try:
+        for name in ("RMSprop", "Adadelta", "Adamax", "NAdam", "Rprop", "Lion", "SignSGD"):
+            fused.reset(backend=aot_autograd(fw_compiler=keep)); graphs.clear()
+            ps = params([(40 + 7 * i,) for i in range(50)], torch.float32)
+            opt = getattr(optbook, name)(ps, **fused.BENCH_SPECS[name][0])   # the benchmark's settings
+            for _ in range(3):
+                for p in ps: p.grad = torch.randn_like(p)
+                fused.step(opt)
+            assert len(graphs) == 1, name
+            ops = sum(map(parameter_sized, graphs[0].graph.nodes))
+            k = next(v for key, v in fused._ops.items() if key[0] is type(opt))
+            per_call = fused._per_call(k)
+            assert ops <= fused.CALL_OPS, f"{name}: {ops} operations in one call"
+            sizes[name] = (per_call, ops)
+    finally: fused.reset(backend="inductor")
+    (rprop, rprop_ops), (rmsprop, _) = sizes["Rprop"], sizes["RMSprop"]
+    assert rprop < fused.CHUNK and rprop_ops / rprop * fused.CHUNK > fused.CALL_OPS and rmsprop == fused.CHUNK, sizes
 
 @pytest.mark.parametrize("name", ["Adam", "RMSprop"])   # torch's fused kernel; a compiled rule
 def test_grad_scaler_skips_inf_steps_and_leaves_state_untouched(name):
@@ -337,9 +371,17 @@ def test_whole_training_step_compiled():
     for a, b in zip(out["eager"], out["compiled"]): torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_run_bench_rows_and_csv(tmp_path):
-    "The benchmark machinery end to end on a tiny problem: every implementation timed, roofline and state bytes filled, CSV round trip."
+def test_run_bench_rows_and_csv(tmp_path, monkeypatch):
+    """The benchmark machinery end to end on a tiny problem: every implementation timed, roofline and state bytes filled,
+    the bandwidth probed once per round of each optimizer (its median divides the roofline), CSV round trip."""
+    probes, run = [], fused.Bandwidth.run
+    monkeypatch.setattr(fused.Bandwidth, "run", lambda self, repeats: (probes.append(self), run(self, repeats)))
     rows = fused.run_bench(("SGD", "Adagrad"), n_params=20_000, n_tensors=4, rounds=2, repeats=1, warm=2, compile_torch=False)
+    assert len(probes) == 2 * 2
+    for name in ("SGD", "Adagrad"):
+        mine = [r for r in rows if r["optimizer"] == name]
+        (bw,) = {r["bandwidth_gbs"] for r in mine}
+        assert bw > 0 and all(abs(r["roofline_ms"] - 1e3 * r["bytes_per_param"] * r["params"] / (bw * 1e9)) < 0.01 * r["roofline_ms"] for r in mine)
     impls = {(r["optimizer"], r["impl"]) for r in rows}
     for name in ("SGD", "Adagrad"):
         for impl in ("optbook for-loop", "optbook foreach", "optbook fused", "torch for-loop", "torch foreach", "torch fused"):
