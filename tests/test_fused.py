@@ -32,7 +32,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import optbook
 from optbook import fused
 
-pytestmark = pytest.mark.filterwarnings("error")
+pytestmark = [pytest.mark.filterwarnings("error"),
+              # torch 2.6's false alarm at a torch.compile after the first of a process (see tests/test_registry.py): the
+              # fused path's backend hides it, but the counting backends here call Inductor without that backend
+              pytest.mark.filterwarnings("ignore:Skipping serialization of skipfiles_inline_module_allowlist:UserWarning")]
 F64 = torch.float64
 SHAPES = [(3, 4), (5,), (2, 3, 4), (), (1, 9), (1,)]   # 0-dim and 1-element: the for-loop path
 
@@ -242,7 +245,7 @@ def test_calls_hold_at_most_call_ops_operations():
         return node.op == "call_function" and isinstance(v, torch.Tensor) and has_free_symbols(v.numel())
     sizes = {}
     try:
-        for name in ("RMSprop", "Adadelta", "Adamax", "NAdam", "Rprop", "Lion", "SignSGD"):
+        for name in ("RMSprop", "Adadelta", "NAdam", "Rprop"):   # short and long rules; NAdam has a scalar state
             fused.reset(backend=aot_autograd(fw_compiler=keep)); graphs.clear()
             ps = params([(40 + 7 * i,) for i in range(50)], torch.float32)
             opt = getattr(optbook, name)(ps, **fused.BENCH_SPECS[name][0])   # the benchmark's settings
