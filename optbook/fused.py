@@ -249,7 +249,7 @@ def _rule_ops(opt: Optimizer, key: tuple, p: Tensor, g: Tensor, states: dict, h:
     step as a 0-dim tensor, or None); 1 where it cannot be counted.
 
     A compiled call unrolls the rule over its parameters, and its compile time grows with the operations in the graph:
-    on this book's 2-core machine, cold, from 4 s (RMSprop, 8 parameters of 9 operations) to 11 s (Rprop, 8 of 19),
+    on this book's 2-core machine, cold, from 4 s (RMSprop, 8 parameters of k = 11 operations) to 11 s (Rprop, 8 of k = 23),
     against 5 s for Rprop at 4 per call. So a call holds at most `CALL_OPS` operations (`fused_step`): a rule of k
     operations gets ⌊CALL_OPS/k⌋ parameters per call (`_per_call`: at least 2, at most `CHUNK`). More calls cost little once compiled:
     a direct call each, some 15 µs, against the milliseconds a step of a large model moves bytes."""
@@ -785,7 +785,7 @@ class Bandwidth:
         for _ in range(3): self.a.add_(self.b)
 
     def run(self, repeats: int) -> None:
-        "Time `repeats` in-place additions; keep the fastest as bytes per second."
+        "Time `repeats` in-place additions (at least 3); keep the fastest as bytes per second."
         ts = []
         for _ in range(max(repeats, 3)):
             _sync(self.device); t0 = time.perf_counter(); self.a.add_(self.b); _sync(self.device); ts.append(time.perf_counter() - t0)
