@@ -144,15 +144,28 @@ FLOOR_TORCH ?= 2.6.0 2.11.0
 FLOOR_TESTS := tests/test_core.py tests/test_registry.py tests/test_sgd.py tests/test_adaptive.py tests/test_adam.py \
                tests/test_shampoo.py tests/test_sign.py tests/test_muon.py tests/test_lbfgs.py tests/test_compare.py \
                tests/test_fused.py
+# Disk: each venv holds about 5.3 GB (torch 1.6 GB, its CUDA libraries 2.9 GB, triton 0.7 GB), and pip also holds the
+# downloaded wheels while it installs: installing torch 2.6.0 took 8.1 GB at its peak (measured with df, 2026-12-07).
+# FLOOR_FREE_GB is checked before each install, so that a full disk stops the target with a message that says so, not
+# with pip's "No space left on device" half-way. FLOOR_KEEP=0 (CI) deletes each venv once its tests have run, so that
+# only one is on disk at a time; pip keeps no cache of the wheels (--no-cache-dir).
+FLOOR_KEEP ?= 1
+FLOOR_FREE_GB ?= 9
 test-floor:
 	@for v in $(FLOOR_TORCH); do \
 	  venv=.venv-torch-$$v; start=$$(date +%s); \
 	  if [ ! -f $$venv/.installed ]; then \
-	    echo "Setting up $$venv (torch==$$v from PyPI)"; rm -rf $$venv; python3 -m venv $$venv; \
-	    $$venv/bin/pip install -q "torch==$$v" numpy pytest hypothesis tqdm; \
-	    $$venv/bin/pip install -q --no-deps lion-pytorch; touch $$venv/.installed; fi; \
-	  echo "torch $$v:"; \
-	  PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS) || exit 1; \
+	    rm -rf $$venv; free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	    if [ "$$free" -lt $(FLOOR_FREE_GB) ]; then \
+	      echo "make test-floor: installing torch $$v with its CUDA libraries needs about $(FLOOR_FREE_GB) GB free in $(CURDIR)," \
+	           "and only $$free GB are free. Free some space (earlier .venv-torch-* folders can go) and rerun."; exit 1; fi; \
+	    echo "Setting up $$venv (torch==$$v from PyPI; $$free GB free)"; python3 -m venv $$venv; \
+	    $$venv/bin/pip install -q --no-cache-dir "torch==$$v" numpy pytest hypothesis tqdm; \
+	    $$venv/bin/pip install -q --no-cache-dir --no-deps lion-pytorch; touch $$venv/.installed; fi; \
+	  echo "torch $$v:"; status=0; \
+	  PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS) || status=$$?; \
+	  if [ "$(FLOOR_KEEP)" = 0 ]; then rm -rf $$venv; fi; \
+	  if [ $$status != 0 ]; then echo "make test-floor: torch $$v failed"; exit $$status; fi; \
 	  echo "make test-floor: torch $$v passed in $$(( $$(date +%s) - start )) s"; \
 	done
 
