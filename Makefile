@@ -6,7 +6,8 @@
 # _ext/optbook_book.py sets up (a fresh kernel, a temporary working directory, nbdev/fastcore/execnb not
 # importable, as on Colab). A failing cell fails the build (raise_on_error), so that run is at the same time
 # the page's output, the notebooks' cell tests and the Colab check; tests/test_colab_run.py then checks from
-# _build that it ran that way. After each build the per-chapter execution times are printed.
+# _build that it ran that way. After each build the per-chapter execution times are printed. The notebooks
+# execute BOOK_JOBS at a time (one per CPU): on CI's 2 cores the full build took 464 s against 796-849 s serially.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PY      := .venv/bin/python
@@ -31,9 +32,13 @@ export PYTHONHASHSEED := 0
 
 # BOOK_ALL=--all re-reads (so re-executes) every page; plain `make book` rebuilds the changed pages only.
 BOOK_ALL ?=
+# BOOK_JOBS notebooks execute at a time, one per CPU by default: `jupyter-book build` through _ext/optbook_book.py's
+# `build`, which gives Sphinx the -j that Jupyter Book 1's command line lacks (each kernel then keeps to one thread).
+# BOOK_JOBS=1 is the plain serial build.
+BOOK_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 book: venv mathjax export colab-wheel
 	@start=$$(date +%s); rm -f _build/exec_times.json; status=0; \
-	$(BIN)/jupyter-book build . $(BOOK_OPTS) $(BOOK_ALL) || status=$$?; \
+	$(PY) _ext/optbook_book.py build -j $(BOOK_JOBS) . $(BOOK_OPTS) $(BOOK_ALL) || status=$$?; \
 	if [ -f _build/exec_times.json ]; then echo; $(PY) _ext/optbook_book.py exec-table; echo; fi; \
 	if [ $$status != 0 ]; then echo "make book: the build failed (see above)"; exit $$status; fi; \
 	echo "make book: built in $$(( $$(date +%s) - start )) s. Open file://$(CURDIR)/_build/html/index.html"

@@ -1,6 +1,6 @@
 """Sphinx glue for the optbook book (loaded through `sphinx.local_extensions` in _config.yml).
 
-Three jobs:
+Four jobs:
 
 1. `read_nbdev` is registered as myst-nb's reader for `.ipynb` (`nb_custom_formats`). It turns nbdev's
    cell directives into what MyST-NB understands, so no `#| ...` line ever reaches a page (`DIRECTIVES`
@@ -39,6 +39,10 @@ Three jobs:
 3. At `build-finished` it writes `_build/exec_times.json`, each chapter's execution time and status
    from myst-nb's execution data; `python _ext/optbook_book.py exec-table` prints it (make does). It also
    copies the wheel the chapters ran against into the site's `_static/` (`publish_wheel`), the install cells' fallback.
+
+4. `python optbook_book.py build -j N ARGS` is `jupyter-book build ARGS` with N notebooks executing at a time (`build`;
+   make's BOOK_JOBS). The Sphinx parts above are parallel-safe: the kernel's document name travels in the reading
+   process's environment, and the execution data is merged back by myst-nb.
 """
 import json, os, pathlib, re, sys, time
 
@@ -446,7 +450,7 @@ def write_exec_times(app, exception):
         rows.append({"docname": doc, "seconds": seconds, "status": status,
                      "method": (ex or {}).get("method"), "executed_at": (ex or {}).get("mtime")})
     out = pathlib.Path(app.outdir).parent / "exec_times.json"
-    out.write_text(json.dumps({"build_started": started, "build_finished": time.time(),
+    out.write_text(json.dumps({"build_started": started, "build_finished": time.time(), "jobs": app.parallel,
                                "failed": bool(exception), "notebooks": rows}, indent=1), encoding="utf-8")
 
 
@@ -557,10 +561,47 @@ def setup(app):
     return {"version": "0.1", "parallel_read_safe": True, "parallel_write_safe": True}
 
 
+# ---------------------------------------------------------------- the build, BOOK_JOBS notebooks at a time
+
+def build(argv, jobs: int):
+    """`jupyter-book build ARGV` with Sphinx reading `jobs` documents at a time, each in its own forked process.
+
+    Jupyter Book 1's command line has no `-j`, but its `build_sphinx` takes `jobs` and passes it to Sphinx, whose
+    parallel reading runs each process's documents through myst-nb, so their notebooks execute side by side (every
+    extension of the book declares itself parallel-safe; the execution data is merged back by myst-nb). Sphinx
+    groups the documents into a few contiguous batches; here every document is its own batch, so that a process
+    that is done takes the next notebook instead of waiting behind a batch that holds two long chapters."""
+    import functools
+    import sphinx.builders, jupyter_book.sphinx, sphinx_multitoc_numbering, sphinx_jupyterbook_latex
+    from jupyter_book.cli.main import main
+    if jobs > 1:
+        jupyter_book.sphinx.build_sphinx = functools.partial(jupyter_book.sphinx.build_sphinx, jobs=jobs)
+        sphinx.builders.make_chunks = lambda arguments, nproc, maxbatch=10: [[a] for a in arguments]
+        # Two extensions that Jupyter Book adds declare nothing, so Sphinx would read serially: sphinx-multitoc-numbering
+        # only replaces how the toctree collector numbers sections (once, in the main process, after the reading), and
+        # sphinx-jupyterbook-latex only adds nodes and transforms that act for the LaTeX builder. Neither keeps state
+        # between documents, so both are declared parallel-safe here.
+        for module in (sphinx_multitoc_numbering, sphinx_jupyterbook_latex):
+            def setup(app, setup=module.setup):
+                return {**(setup(app) or {}), "parallel_read_safe": True, "parallel_write_safe": True}
+            module.setup = setup
+        # sphinx-proof keeps its theorems in env.proof_list, which its own env-merge-info handler merges; its domain
+        # holds no data of its own, but lacks the merge_domaindata that Sphinx calls after every parallel read.
+        import sphinx_proof.domain
+        sphinx_proof.domain.ProofDomain.merge_domaindata = lambda self, docnames, otherdata: None
+        # one intra-op thread per kernel: `jobs` kernels on as many cores; torch's default (a thread per core in every
+        # kernel) would put `jobs` threads on each core, and its threads wait for each other at every operation
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main(["build", *argv], prog_name="jupyter-book")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["kernel"]:
         colab_kernel(sys.argv[2:])
+    elif sys.argv[1:2] == ["build"]:
+        jobs, rest = (int(sys.argv[3]), sys.argv[4:]) if sys.argv[2:3] == ["-j"] else (1, sys.argv[2:])
+        build(rest, jobs)
     elif sys.argv[1:2] == ["exec-table"]:
         print(exec_table(*sys.argv[2:3]))
     else:
-        sys.exit("usage: optbook_book.py kernel -f CONNECTION_FILE | exec-table [_build/exec_times.json]")
+        sys.exit("usage: optbook_book.py kernel -f CONNECTION_FILE | exec-table [_build/exec_times.json] | build [-j N] ARGS")

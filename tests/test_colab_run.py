@@ -42,6 +42,19 @@ def test_exec_times_list_every_notebook_of_the_toc():
 
 
 @pytest.mark.book
+def test_notebooks_ran_side_by_side_when_the_build_had_jobs():
+    "With BOOK_JOBS > 1 (make's default on more than one CPU) some notebooks' executions overlap in time; with 1, none do."
+    times = exec_times()
+    spans = sorted((r["executed_at"] - r["seconds"], r["executed_at"], r["docname"]) for r in times["notebooks"]
+                   if r["seconds"] and "earlier build" not in r["status"])
+    overlaps = [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1] - 0.5]
+    if times["jobs"] > 1:
+        assert len(spans) > 1 and overlaps, f"the build had {times['jobs']} jobs, but its notebooks ran one after another"
+    else:
+        assert not overlaps, f"a serial build, but these executions overlap: {overlaps}"
+
+
+@pytest.mark.book
 @pytest.mark.parametrize("doc", NOTEBOOKS)
 def test_ran_in_the_colab_kernel(doc):
     "The kernel that executed the notebook in this build blocked the dev-only packages and ran outside the repository."
