@@ -7,7 +7,7 @@
 # importable, as on Colab). A failing cell fails the build (raise_on_error), so that run is at the same time
 # the page's output, the notebooks' cell tests and the Colab check; tests/test_colab_run.py then checks from
 # _build that it ran that way. After each build the per-chapter execution times are printed. The notebooks
-# execute BOOK_JOBS at a time (one per CPU): on CI's 2 cores the full build took 464 s against 796-849 s serially.
+# execute BOOK_JOBS at a time (one per CPU): on this 2-core machine the full build took 464 s against 796-849 s serially.
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 PY      := .venv/bin/python

@@ -569,8 +569,9 @@ def build(argv, jobs: int):
     Jupyter Book 1's command line has no `-j`, but its `build_sphinx` takes `jobs` and passes it to Sphinx, whose
     parallel reading runs each process's documents through myst-nb, so their notebooks execute side by side (every
     extension of the book declares itself parallel-safe; the execution data is merged back by myst-nb). Sphinx
-    groups the documents into a few contiguous batches; here every document is its own batch, so that a process
-    that is done takes the next notebook instead of waiting behind a batch that holds two long chapters."""
+    groups the documents into a few contiguous batches; here every document is its own batch (for reading and for
+    writing), so that a process that is done takes the next notebook instead of waiting behind a batch that holds two
+    long chapters."""
     import functools
     import sphinx.builders, jupyter_book.sphinx, sphinx_multitoc_numbering, sphinx_jupyterbook_latex
     from jupyter_book.cli.main import main
@@ -599,8 +600,10 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["kernel"]:
         colab_kernel(sys.argv[2:])
     elif sys.argv[1:2] == ["build"]:
-        jobs, rest = (int(sys.argv[3]), sys.argv[4:]) if sys.argv[2:3] == ["-j"] else (1, sys.argv[2:])
-        build(rest, jobs)
+        jobs, rest = (sys.argv[3:4], sys.argv[4:]) if sys.argv[2:3] == ["-j"] else (["1"], sys.argv[2:])
+        if not (jobs and jobs[0].isdigit() and int(jobs[0]) >= 1):
+            sys.exit(f"optbook_book.py build: -j needs a whole number of jobs >= 1 (make's BOOK_JOBS), got {jobs[0] if jobs else 'nothing'!r}")
+        build(rest, int(jobs[0]))
     elif sys.argv[1:2] == ["exec-table"]:
         print(exec_table(*sys.argv[2:3]))
     else:

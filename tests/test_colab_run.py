@@ -49,7 +49,9 @@ def test_notebooks_ran_side_by_side_when_the_build_had_jobs():
                    if r["seconds"] and "earlier build" not in r["status"])
     overlaps = [(a[2], b[2]) for a, b in zip(spans, spans[1:]) if b[0] < a[1] - 0.5]
     if times["jobs"] > 1:
-        assert len(spans) > 1 and overlaps, f"the build had {times['jobs']} jobs, but its notebooks ran one after another"
+        if len(spans) <= 5:   # Sphinx reads in parallel only when more than 5 documents are to be read
+            pytest.skip(f"this build executed {len(spans)} notebooks (an incremental build): too few to read in parallel")
+        assert overlaps, f"the build had {times['jobs']} jobs, but its {len(spans)} notebooks ran one after another"
     else:
         assert not overlaps, f"a serial build, but these executions overlap: {overlaps}"
 
