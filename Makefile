@@ -28,7 +28,7 @@ BOOK_OPTS := -W -n --keep-going
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PYTHONHASHSEED := 0
 
-.PHONY: test-floor book test unit booktest export colab-wheel check-export nbtest pytest bench debs venv mathjax clean pdf
+.PHONY: test-floor colab-run book test unit booktest export colab-wheel check-export nbtest pytest bench debs venv mathjax clean pdf
 
 # BOOK_ALL=--all re-reads (so re-executes) every page; plain `make book` rebuilds the changed pages only.
 BOOK_ALL ?=
@@ -175,6 +175,34 @@ test-floor:
 	  if [ $$status != 0 ]; then echo "make test-floor: torch $$v failed"; exit $$status; fi; \
 	  echo "make test-floor: torch $$v passed in $$(( $$(date +%s) - start )) s"; \
 	done
+
+# "Run all" as on Colab, on Colab's torch: every notebook's code cells in order, each notebook in a fresh process
+# (tests/gpu_notebooks.py: it skips the install cell and takes optbook from this tree, PYTHONPATH), in a venv with
+# Colab's torch from PyPI (CPU here; its CUDA libraries are installed but unused) and the packages Colab preinstalls,
+# plus the three that the chapters' install cells add (plotly, lion-pytorch, optuna); in a temporary folder, as the
+# book runs them (run_in_temp), so that nothing a chapter writes lands in the checkout. It catches what the book's build
+# cannot: a torch API that the build's torch has and Colab's lacks, or a cell that assumes the build's front end
+# (plotly's renderer on Colab is "colab", which shows HTML only; a check of 91_viz once assumed Jupyter's). Not part of
+# `make test` (about 5 min to install, 7 to run on 2 cores); CI runs it with COLAB_KEEP=0, which deletes the venv
+# (about 6 GB) afterwards.
+COLAB_TORCH ?= 2.11.0
+COLAB_PKGS := numpy scipy pandas matplotlib sympy scikit-learn tqdm ipywidgets ipython plotly lion-pytorch optuna
+COLAB_KEEP ?= 1
+colab-run:
+	@venv=.venv-colab; start=$$(date +%s); \
+	if [ ! -f $$venv/.installed ] || [ "$$(cat $$venv/.installed)" != "$(COLAB_TORCH)" ]; then \
+	  rm -rf $$venv; free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt $(FLOOR_FREE_GB) ]; then \
+	    echo "make colab-run: installing torch $(COLAB_TORCH) with its CUDA libraries needs about $(FLOOR_FREE_GB) GB free in" \
+	         "$(CURDIR), and only $$free GB are free. Free some space (.venv-torch-* folders can go) and rerun."; exit 1; fi; \
+	  echo "Setting up $$venv (torch==$(COLAB_TORCH) from PyPI and Colab's packages; $$free GB free)"; python3 -m venv $$venv; \
+	  $$venv/bin/pip install -q --no-cache-dir "torch==$(COLAB_TORCH)" $(COLAB_PKGS) || exit 1; \
+	  echo $(COLAB_TORCH) > $$venv/.installed; fi; \
+	status=0; run=$$(mktemp -d); cd $$run && PYTHONPATH=$(CURDIR) MPLBACKEND=Agg $(CURDIR)/$$venv/bin/python $(CURDIR)/tests/gpu_notebooks.py \
+	  --timeout 600 $(addprefix $(CURDIR)/,$(wildcard nbs/*.ipynb)) || status=$$?; cd $(CURDIR) && rm -rf $$run; \
+	if [ "$(COLAB_KEEP)" = 0 ]; then rm -rf $$venv; fi; \
+	if [ $$status != 0 ]; then echo "make colab-run: a notebook failed on torch $(COLAB_TORCH) (see above)"; exit $$status; fi; \
+	echo "make colab-run: every notebook ran on torch $(COLAB_TORCH) in $$(( $$(date +%s) - start )) s"
 
 # heavyball==3.2.0: a peer of the benchmark only (its compiled AdamW, the version whose figures the performance issue
 # quotes), installed here and nowhere else: no test or chapter imports it. --no-deps with its one other dependency,

@@ -5,11 +5,11 @@ Usage: python3 tests/gpu_notebooks.py [--timeout S] nbs/05_shampoo.ipynb ...
 The GPU machine has torch, matplotlib, sympy and scikit-learn but no Jupyter, and no network. This runner
 reads a notebook's JSON, skips its first code cell (the install cell: optbook comes from PYTHONPATH here)
 and the `#| eval: false` cells, and executes the other code cells in order in one namespace, with the
-Agg backend and `display` as a no-op. For each chapter it prints the wall time, the device that
+Agg backend and `display` (also IPython's) as a no-op. For each chapter it prints the wall time, the device that
 `optbook.default_device()` picked, and the peak CUDA memory the chapter allocated: the evidence that the
 chapter ran its work on the GPU. A failing cell prints its index and traceback, and the exit status is 1.
 """
-import json, os, re, subprocess, sys, time
+import codeop, json, os, re, subprocess, sys, time
 
 DIRECTIVE = re.compile(r"^\s*#\s*\|\s*([\w-]+)\s*:?\s*(.*)$")
 
@@ -34,10 +34,18 @@ def run_one(path):
     import matplotlib.pyplot as plt
     import torch
     ns = {"__name__": "__main__", "display": lambda *a, **k: None}
+    try:   # outside a kernel IPython's display() prints the object: a page's bundle holds all of plotly.js (5 MB)
+        import IPython.display
+        IPython.display.display = ns["display"]
+    except ImportError:
+        pass
+    # like IPython's compiler, codeop's keeps the __future__ imports of earlier cells in force for the later ones
+    # (`from __future__ import annotations` in an export cell; plain compile() would forget it at the next cell)
+    compile_cell = codeop.Compile()
     start = time.time()
     for i, src in code_cells(path):
         try:
-            exec(compile(src, f"{os.path.basename(path)}[cell {i}]", "exec"), ns)
+            exec(compile_cell(src, f"{os.path.basename(path)}[cell {i}]", "exec"), ns)
         except Exception:
             print(f"FAILED {path} cell {i}:\n{src[:400]}\n{traceback.format_exc()}", flush=True)
             return 1
