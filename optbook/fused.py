@@ -14,8 +14,8 @@ from .core import Optimizer, update_batch, _real
 # %% auto #0
 __all__ = ['CHUNK', 'CALL_OPS', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel',
            'hoist_scalars', 'fused_step', 'step', 'roofline_bytes', 'implementations', 'bench_params',
-           'inplace_bandwidth', 'Bandwidth', 'Timed', 'inductor_startup', 'run_bench', 'muon_rows', 'write_csv',
-           'read_csv', 'find_csv', 'plot_bench']
+           'inplace_bandwidth', 'Bandwidth', 'Timed', 'inductor_startup', 'steady_heap', 'run_bench', 'muon_rows',
+           'write_csv', 'read_csv', 'find_csv', 'plot_bench']
 
 # %% ../nbs/94_perf.ipynb #prf00006
 CHUNK = 8             # the most parameters per compiled call: a model with n tensors makes at least ⌈n/CHUNK⌉ calls per step
@@ -844,6 +844,25 @@ def inductor_startup(device="cpu") -> float:
     _primer[0](torch.ones(8, device=device)); _sync(device)
     return time.perf_counter() - t0
 
+def steady_heap() -> bool:
+    """Keep freed host memory inside the process (glibc's `mallopt`: no `mmap` of its own for a large block, no trimming
+    of the heap), so that no timed step pays page faults for memory that an earlier step gave back; True where it took effect.
+
+    glibc serves a block of 128 KiB or more (the threshold rises with the blocks freed, up to 32 MiB) by a `mmap` of its
+    own and unmaps it when it is freed, and it gives the top of its heap back to the system past a threshold. An
+    implementation that allocates temporaries (a foreach step: a list of new tensors for each out-of-place operation)
+    then takes a page fault per 4 KiB that it writes on some steps and none on others, depending on what the
+    implementations timed before it freed: a foreach Adam step on 20M parameters writes its √v̂ into 80 MB of new memory,
+    some 20,000 pages. On the book's 2-core machine this decided the foreach rows: which of optbook's and torch's foreach Adam
+    was faster depended on the order in which they were built in the process. `run_bench` calls it once, before it times anything
+    (the process then keeps its peak memory; `tests/test_fused.py` counts the page faults with and without it).
+    It changes no result, only where freed memory goes. Not glibc (macOS, musl): False, and nothing is changed."""
+    import ctypes, ctypes.util, platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc": return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4          # glibc's <malloc.h>
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
 def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
               n_params: int = 20_000_000,  # parameters in all
               n_tensors: int = 50,         # in this many tensors of distinct sizes
@@ -856,6 +875,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
               peers: tuple = (),           # extra peers: "lion-pytorch", "pytorch-optimizer", "heavyball"
               only: tuple = (),            # keep implementations whose name contains one of these strings (all if empty)
               compile_cache: str = "",     # recorded in each row: "cold" (the run began with empty compile caches), "warm", "" unknown
+              keep_heap: bool = True,      # `steady_heap` first (recorded in each row's `heap`: "kept", or "default")
               log: Optional[Callable] = None) -> list:  # called with a line per optimizer (e.g. print)
     """The benchmark: one row (a dict) per optimizer and implementation, with the median over rounds of the per-round medians.
 
@@ -863,13 +883,16 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     then favours none); the next optimizer's are built after they are freed. The roofline is `roofline_bytes`
     divided by the in-place bandwidth (`Bandwidth`) measured in the same rounds: once per round, at a random place in
     its order, and the median over the rounds (column `bandwidth_gbs`, one value per optimizer). Inductor's one-time start-up is paid first
-    (`inductor_startup`; column `startup_s`), so that each warm-up is the compilation of that implementation alone."""
+    (`inductor_startup`; column `startup_s`), so that each warm-up is the compilation of that implementation alone.
+    Freed host memory stays in the process (`steady_heap`, unless `keep_heap=False`), so that page faults do not
+    decide which implementation is faster."""
     import random, datetime, platform
     device = torch.device(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     machine = f"{machine}, {os.cpu_count()} CPU cores, torch {torch.__version__.split('+')[0]}"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     if shape: n_params = n_tensors * math.prod(shape)
+    heap = "kept" if keep_heap and steady_heap() else "default"
     startup = inductor_startup(device)
     probe = Bandwidth(n_params, device)
     base = bench_params(n_params, n_tensors, device, shape=shape)
@@ -893,7 +916,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
         for k, tm in timed.items():
             ms = statistics.median(tm.times)
             rows.append(dict(device=device.type, machine=machine, when=when, params=n_params, tensors=n_tensors,
-                             shape="x".join(map(str, shape)) if shape else "distinct", compile_cache=compile_cache,
+                             shape="x".join(map(str, shape)) if shape else "distinct", compile_cache=compile_cache, heap=heap,
                              optimizer=name, impl=k, ms=_sig(ms), spread_ms=_sig(max(tm.times) - min(tm.times)),
                              warmup_s=_sig(tm.warmup_s), startup_s=_sig(startup), roofline_ms=_sig(roof_ms), ratio_roofline=_sig(ms / roof_ms),
                              bytes_per_param=roofline_bytes(n_state), state_bytes=_sig(tm.state_bytes),

@@ -7,7 +7,9 @@ torch.optim's step) is paid in the untimed warm-up steps and reported apart. The
 bytes a single-pass step must move per parameter (read θ, g and each state tensor, write θ and each state tensor)
 divided by the in-place bandwidth (`a.add_(b)`, 12 bytes per element), measured once in each of the optimizer's
 rounds, at a random place among its implementations (the median over the rounds). State bytes per
-parameter are measured from each optimizer's state and set against the algorithm's minimum.
+parameter are measured from each optimizer's state and set against the algorithm's minimum. Freed host memory stays in
+the process (`optbook.fused.steady_heap`, glibc), so that no implementation pays page faults for temporaries whose
+memory the implementation timed before it gave back to the system.
 
 The machinery is `optbook.fused.run_bench` (the book's appendix, nbs/94_perf.ipynb, runs a small version of it when
 there is no CSV). Writes <out>/bench.csv and <out>/bench.png (default _build/bench/), which the appendix reads.
@@ -83,7 +85,8 @@ def main(argv=None):
     bws = [r["bandwidth_gbs"] for r in rows]
     print(f"\n{r0['machine']}, {r0['when']}; in-place bandwidth {min(bws)}-{max(bws)} GB/s (measured in each optimizer's rounds); ran {time.perf_counter() - t0:.0f} s; "
           f"compile caches {'warm (--warm-cache)' if args.warm_cache else 'empty at the start (cold compiles)'}; "
-          f"Inductor's one-time start-up, paid before the timings: {r0['startup_s']:.1f} s")
+          f"Inductor's one-time start-up, paid before the timings: {r0['startup_s']:.1f} s; "
+          f"freed host memory {'kept in the process (steady_heap)' if r0['heap'] == 'kept' else 'returned to the system as usual (not glibc)'}")
     print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13}"
           + (f" {'peak MiB':>8}" if device.type == "cuda" else ""))
     for name, shp in dict.fromkeys((r["optimizer"], r["shape"]) for r in rows):

@@ -379,7 +379,8 @@ def test_run_bench_rows_and_csv(tmp_path, monkeypatch):
     the bandwidth probed once per round of each optimizer (its median divides the roofline), CSV round trip."""
     probes, run = [], fused.Bandwidth.run
     monkeypatch.setattr(fused.Bandwidth, "run", lambda self, repeats: (probes.append(self), run(self, repeats)))
-    rows = fused.run_bench(("SGD", "Adagrad"), n_params=20_000, n_tensors=4, rounds=2, repeats=1, warm=2, compile_torch=False)
+    rows = fused.run_bench(("SGD", "Adagrad"), n_params=20_000, n_tensors=4, rounds=2, repeats=1, warm=2, compile_torch=False,
+                           keep_heap=False)   # this test process keeps glibc's defaults (test_steady_heap_keeps_freed_memory)
     assert len(probes) == 2 * 2
     for name in ("SGD", "Adagrad"):
         mine = [r for r in rows if r["optimizer"] == name]
@@ -390,15 +391,50 @@ def test_run_bench_rows_and_csv(tmp_path, monkeypatch):
         for impl in ("optbook for-loop", "optbook foreach", "optbook fused", "torch for-loop", "torch foreach", "torch fused"):
             assert (name, impl) in impls
     assert all(r["ms"] > 0 and r["roofline_ms"] > 0 and r["min_state_bytes"] == 4 and abs(r["state_bytes"] - 4) < 0.01 for r in rows)
+    assert {r["heap"] for r in rows} == {"default"}
     fused.write_csv(rows, tmp_path / "b.csv")
     back = fused.read_csv(tmp_path / "b.csv")
     assert [r["impl"] for r in back] == [r["impl"] for r in rows] and back[0]["ms"] == rows[0]["ms"]
 
 
+_HEAP_PROBE = """
+import resource, sys, torch
+from optbook import fused
+fused.inductor_startup = lambda device: 0.0          # not what this checks (a cold compile takes seconds)
+rows = fused.run_bench(("SGD",), n_params=20_000, n_tensors=2, rounds=1, repeats=1, warm=1, compile_torch=False,
+                       only=("torch for-loop",), keep_heap=sys.argv[1] == "1")
+ps = [torch.randn(400_000 + 1000 * i) for i in range(20)]     # 32 MB in 20 tensors, like a foreach step's temporaries
+faults = []
+for _ in range(6):
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    roots = torch._foreach_sqrt(ps); scaled = torch._foreach_div(roots, 2.0); del roots, scaled
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(rows[0]["heap"], max(faults[2:]), min(faults[2:]))
+"""
+
+def test_steady_heap_keeps_freed_memory(tmp_path):
+    """`run_bench` keeps freed host memory in its process (`steady_heap`): the temporaries of a foreach step, made
+    again after they are freed, take no new pages. With glibc's defaults (`keep_heap=False`) the same loop faults
+    about 16,000 pages (64 MB) every time, which is what made the benchmark's foreach rows depend on the order in which
+    implementations were built. Each case runs in a process of its own: the setting lasts for the process."""
+    import platform, subprocess, sys
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc": pytest.skip("steady_heap acts on glibc only")
+    script = tmp_path / "probe.py"; script.write_text(_HEAP_PROBE)
+    def probe(keep):
+        out = subprocess.run([sys.executable, str(script), keep], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        heap, most, least = out.stdout.split()[-3:]
+        return heap, int(most), int(least)
+    heap, most, _ = probe("1")
+    assert heap == "kept" and most < 100, (heap, most)
+    heap, _, least = probe("0")
+    assert heap == "default" and least > 10_000, (heap, least)
+
+
 def test_run_bench_at_one_shape_and_nested_state():
     "heavyball's published shape: every tensor of one shape, `params` counted from it; state bytes found however nested."
     rows = fused.run_bench(("Adam",), n_params=1, n_tensors=3, shape=(8, 16), rounds=1, repeats=1, warm=2,
-                           compile_torch=False, only=("torch fused",))
+                           compile_torch=False, only=("torch fused",), keep_heap=False)
     assert [(r["impl"], r["shape"], r["params"], r["tensors"]) for r in rows] == [("torch fused", "8x16", 3 * 128, 3)]
     assert rows[0]["state_bytes"] == fused._sig(8 + 3 * 4 / (3 * 128))   # m and v, and a float32 step count per tensor
     ps = fused.bench_params(0, 2, shape=(3, 5))
