@@ -313,6 +313,7 @@ def _dtensor_worker(rank, world, store_path, out_path):
                 opt.step()
             results[name] = [p.full_tensor().detach() for p in ps]
         if rank == 0: torch.save(results, out_path)
+        dist.barrier()   # neither rank tears gloo down while the other still talks: on torch 2.11 a rank once aborted (SIGABRT) at teardown
     finally:
         dist.destroy_process_group()
 
