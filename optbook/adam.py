@@ -35,10 +35,11 @@ def adam_update(
         else: g = add_scaled(g, p, lam)                # ḡ = g + λθ               (L2)
     m.lerp_(g, 1 - beta1)                              # m ← β₁m + (1 − β₁)g
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)      # v ← β₂v + (1 − β₂)g²
+    del g                                              # a temporary ḡ (L2, maximize) is freed before √v̂ is made
     if v_max is not None:
         v_max.clamp_min_(v)                            # v^max ← max(v^max, v)    (AMSGrad)
         v = v_max
-    denom = (v.sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)   # √v̂ + ε
+    denom = v.sqrt().div_((1 - beta2 ** t) ** 0.5).add_(eps)   # √v̂ + ε   (in one temporary, as torch's foreach Adam)
     p.addcdiv_(m, denom, value=-eta / (1 - beta1 ** t))      # θ ← θ − η·m̂/(√v̂ + ε)
 
 # %% ../nbs/04_adam.ipynb #65e719ae
@@ -200,7 +201,8 @@ def adamax_update(
     if maximize: g = -g
     if lam is not None: g = add_scaled(g, p, lam)      # ḡ = g + λθ
     m.lerp_(g, 1 - beta1)                              # m ← β₁m + (1 − β₁)g
-    u.mul_(beta2).clamp_min_(g.abs().add_(eps))        # u ← max(β₂u, |g| + ε)
+    g_abs = g.abs_() if maximize or lam is not None else g.abs()   # |ḡ|, in ḡ's memory where ḡ is already a temporary
+    u.mul_(beta2).clamp_min_(g_abs.add_(eps))              # u ← max(β₂u, |g| + ε)
     p.addcdiv_(m, u, value=-eta / (1 - beta1 ** t))    # θ ← θ − η·m̂/u
 
 # %% ../nbs/04_adam.ipynb #cf7648fe

@@ -615,12 +615,19 @@ def _local_part(full: Tensor, shard) -> Tensor:
     return full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
 
 # %% ../nbs/90_core.ipynb #sgn00002
-def nan_sign(x: Tensor | TensorList) -> Tensor | TensorList:
-    "sign(x), except NaN where x is NaN or ±inf: a non-finite gradient stays visible in the parameters it moves (`torch.sign(nan)` is 0)."
+def nan_sign(x: Tensor | TensorList,
+             copy: Tensor | TensorList | None = None,  # a tensor equal to x: then the sign is written into x's own memory
+             ) -> Tensor | TensorList:
+    """sign(x), except NaN where x is NaN or ±inf: a non-finite gradient stays visible in the parameters it moves (`torch.sign(nan)` is 0).
+
+    A rule whose x is a temporary that it also copied elsewhere (Rprop's masked gradient, kept as ǧ) passes that copy:
+    the sign then overwrites x, and x's finiteness is read from the copy, so the step allocates no second temporary."""
+    ref = x if copy is None else copy
     if torch.compiler.is_compiling():                       # explicit: a compiler may fold the algebra below (x − x → 0)
-        return torch.where(x.isfinite(), x.sign(), torch.nan)
-    return x.sign().add_(x, alpha=0)                        # eager: + 0·x, which is 0 where x is finite and NaN where not
-                                                            # (0·inf, 0·NaN); one temporary, twice as fast as torch.where
+        return torch.where(ref.isfinite(), x.sign(), torch.nan)
+    s = x.sign() if copy is None else x.sign_()
+    return s.add_(ref, alpha=0)                             # eager: + 0·x, which is 0 where x is finite and NaN where not
+                                                            # (0·inf, 0·NaN); twice as fast as torch.where
 
 def add_scaled(x: Tensor | TensorList, y: Tensor | TensorList, c) -> Tensor | TensorList:
     """x + c·y, a new tensor: `x.add(y, alpha=c)`, except for a tensor c inside a compiled region, where it is written

@@ -203,7 +203,7 @@ def ademamix_update(
     m2.lerp_(g, 1 - beta3)                                   # m₂ ← β₃m₂ + (1 − β₃)g   (no bias correction)
     v.mul_(beta2).addcmul_(g, g, value=1 - beta2)            # ν ← β₂ν + (1 − β₂)g²
     if lam is not None: p.mul_(1 - eta * lam)                # θ ← (1 − ηλ)θ
-    denom = (v.sqrt() / (1 - beta2 ** t) ** 0.5).add_(eps)   # √ν̂ + ε
+    denom = v.sqrt().div_((1 - beta2 ** t) ** 0.5).add_(eps)   # √ν̂ + ε   (in one temporary)
     p.addcdiv_(m1 / (1 - beta1 ** t) + m2 * alpha, denom, value=-eta)   # θ ← θ − η(m̂₁ + α m₂)/(√ν̂ + ε)
 
 # %% ../nbs/12_frontier.ipynb #frn00022

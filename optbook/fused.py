@@ -14,8 +14,8 @@ from .core import Optimizer, update_batch, _real
 # %% auto #0
 __all__ = ['CHUNK', 'CALL_OPS', 'BACKEND', 'warmup', 'hoisted', 'BENCH_SPECS', 'TORCH_FUSED', 'fusable', 'reset', 'kernel',
            'hoist_scalars', 'fused_step', 'step', 'roofline_bytes', 'implementations', 'bench_params',
-           'inplace_bandwidth', 'Bandwidth', 'Timed', 'inductor_startup', 'steady_heap', 'run_bench', 'muon_rows',
-           'write_csv', 'read_csv', 'find_csv', 'plot_bench']
+           'inplace_bandwidth', 'Bandwidth', 'step_peak_bytes', 'Timed', 'inductor_startup', 'steady_heap', 'run_bench',
+           'muon_rows', 'write_csv', 'read_csv', 'find_csv', 'plot_bench']
 
 # %% ../nbs/94_perf.ipynb #prf00006
 CHUNK = 8             # the most parameters per compiled call: a model with n tensors makes at least ⌈n/CHUNK⌉ calls per step
@@ -797,8 +797,38 @@ def _tensors_in(x) -> list:
     if isinstance(x, dict): x = list(x.values())
     return [t for v in x for t in _tensors_in(v)] if isinstance(x, (list, tuple)) else []
 
+class _QuietStderr:
+    "File descriptor 2 sent to /dev/null and back: torch 2.13's profiler writes two 'USDT: profiler_start/stop' lines there at each use."
+    def __enter__(self):
+        import sys
+        sys.stderr.flush(); self.saved = os.dup(2)
+        with open(os.devnull, "w") as null: os.dup2(null.fileno(), 2)
+    def __exit__(self, *exc): os.dup2(self.saved, 2); os.close(self.saved)
+
+def step_peak_bytes(step: Callable, device="cpu") -> float:
+    """The most bytes that one call of `step()` held at once beyond what was allocated when it began: its temporaries
+    (and any state it created), counted by torch's allocator. On CUDA `torch.cuda.max_memory_allocated`; on the CPU the
+    allocations and frees that `torch.profiler` records with `profile_memory=True`, in the order they happened, which
+    include those made inside compiled code. NaN where the profiler keeps no such record."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device); torch.cuda.reset_peak_memory_stats(device); before = torch.cuda.memory_allocated(device)
+        step(); torch.cuda.synchronize(device)
+        return float(max(0, torch.cuda.max_memory_allocated(device) - before))
+    from torch.profiler import profile, ProfilerActivity
+    with _QuietStderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof: step()
+    results = getattr(prof.profiler, "kineto_results", None)
+    if results is None: return float("nan")
+    events = sorted((e for e in results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
+    now = peak = 0
+    for e in events: now += e.nbytes(); peak = max(peak, now)    # nbytes < 0 for a free
+    return float(peak)
+
 class Timed:
-    "One implementation on its own copy of the parameters (sharing their gradients): built and warmed up once, timed in rounds."
+    """One implementation on its own copy of the parameters (sharing their gradients): built and warmed up once, timed in rounds.
+
+    After the warm-up one more step, untimed, is profiled for its temporary memory (`step_peak_bytes`): `temp_bytes`,
+    in bytes per parameter."""
     def __init__(self, make: Callable, base: list, warm: int = 3):
         self.device, self.grads = base[0].device, [p.grad for p in base]
         self.ps = [p.detach().clone().requires_grad_() for p in base]
@@ -807,9 +837,11 @@ class Timed:
         _sync(self.device); t0 = time.perf_counter()
         for _ in range(warm): self.opt.step(); self.restore()   # state creation, then compilation: paid here, not per step
         _sync(self.device); self.warmup_s = time.perf_counter() - t0
+        n = sum(p.numel() for p in self.ps)
         tensors = [v for p in self.ps for v in _tensors_in(self.opt.state.get(p, {}))]
-        self.state_bytes = sum(v.numel() * v.element_size() for v in tensors) / sum(p.numel() for p in self.ps)
-        self.times, self.peak_mib = [], float("nan")
+        self.state_bytes = sum(v.numel() * v.element_size() for v in tensors) / n
+        self.temp_bytes = step_peak_bytes(self.opt.step, self.device) / n; self.restore()
+        self.times = []
 
     def restore(self):
         "Every parameter gets its gradient back, outside the timed region (a peer may set p.grad to None after a step)."
@@ -817,14 +849,11 @@ class Timed:
             if p.grad is not g: p.grad = g
 
     def run(self, repeats: int) -> None:
-        "Time `repeats` steps and keep their median in ms (and, on CUDA, the peak memory the steps allocated)."
-        cuda = self.device.type == "cuda"
-        if cuda: torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
+        "Time `repeats` steps and keep their median in ms."
         ts = []
         for _ in range(repeats):
             _sync(self.device); t0 = time.perf_counter(); self.opt.step(); _sync(self.device)
             ts.append(time.perf_counter() - t0); self.restore()
-        if cuda: self.peak_mib = max(0.0, (torch.cuda.max_memory_allocated() - before) / 2**20)
         self.times.append(1e3 * statistics.median(ts))
 
 # %% ../nbs/94_perf.ipynb #prf00014
@@ -885,7 +914,8 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
     its order, and the median over the rounds (column `bandwidth_gbs`, one value per optimizer). Inductor's one-time start-up is paid first
     (`inductor_startup`; column `startup_s`), so that each warm-up is the compilation of that implementation alone.
     Freed host memory stays in the process (`steady_heap`, unless `keep_heap=False`), so that page faults do not
-    decide which implementation is faster."""
+    decide which implementation is faster. Each row also has the temporary memory of one step (`temp_bytes`, bytes per
+    parameter, from `step_peak_bytes`: the peak that a step allocates beyond what it held before)."""
     import random, datetime, platform
     device = torch.device(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
@@ -920,7 +950,7 @@ def run_bench(names=tuple(BENCH_SPECS),   # optimizers to time
                              optimizer=name, impl=k, ms=_sig(ms), spread_ms=_sig(max(tm.times) - min(tm.times)),
                              warmup_s=_sig(tm.warmup_s), startup_s=_sig(startup), roofline_ms=_sig(roof_ms), ratio_roofline=_sig(ms / roof_ms),
                              bytes_per_param=roofline_bytes(n_state), state_bytes=_sig(tm.state_bytes),
-                             min_state_bytes=4 * n_state, peak_mib=round(tm.peak_mib, 1), bandwidth_gbs=round(bw / 1e9, 2)))
+                             min_state_bytes=4 * n_state, temp_bytes=_sig(tm.temp_bytes), bandwidth_gbs=round(bw / 1e9, 2)))
         if log: log(f"{name}: " + ", ".join(f"{k} {statistics.median(t.times):.2f} ms" for k, t in timed.items()))
         del timed; gc.collect()
         if device.type == "cuda": torch.cuda.empty_cache()

@@ -33,7 +33,7 @@ def rprop_update(
     sigma.mul_(zeta).clamp_(sigma_min, sigma_max)            # σ ← min(max(σ·ζ, σ_min), σ_max)
     u = s.clamp_max_(0).add_(1).mul_(g)                      # u = g, and 0 after a flip (in s's memory)
     g_prev.copy_(u)                                          # ǧ ← u: after a flip there is no sign to compare next step
-    p.addcmul_(nan_sign(u), sigma, value=-1)                 # θ ← θ − σ·sign(u); NaN where g is not finite
+    p.addcmul_(nan_sign(u, copy=g_prev), sigma, value=-1)    # θ ← θ − σ·sign(u), the sign in u's memory (ǧ holds u); NaN where g is not finite
 
 # %% ../nbs/06_sign.ipynb #e8cae9d7
 def _scalar(x): return x.item() if isinstance(x, Tensor) else x

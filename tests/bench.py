@@ -7,7 +7,9 @@ torch.optim's step) is paid in the untimed warm-up steps and reported apart. The
 bytes a single-pass step must move per parameter (read θ, g and each state tensor, write θ and each state tensor)
 divided by the in-place bandwidth (`a.add_(b)`, 12 bytes per element), measured once in each of the optimizer's
 rounds, at a random place among its implementations (the median over the rounds). State bytes per
-parameter are measured from each optimizer's state and set against the algorithm's minimum. Freed host memory stays in
+parameter are measured from each optimizer's state and set against the algorithm's minimum; temporary bytes per
+parameter are the peak that one more, untimed, step allocates beyond what it held before (`optbook.fused.step_peak_bytes`:
+torch's allocator, through the profiler on the CPU). Freed host memory stays in
 the process (`optbook.fused.steady_heap`, glibc), so that no implementation pays page faults for temporaries whose
 memory the implementation timed before it gave back to the system.
 
@@ -87,14 +89,13 @@ def main(argv=None):
           f"compile caches {'warm (--warm-cache)' if args.warm_cache else 'empty at the start (cold compiles)'}; "
           f"Inductor's one-time start-up, paid before the timings: {r0['startup_s']:.1f} s; "
           f"freed host memory {'kept in the process (steady_heap)' if r0['heap'] == 'kept' else 'returned to the system as usual (not glibc)'}")
-    print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13}"
-          + (f" {'peak MiB':>8}" if device.type == "cuda" else ""))
+    print(f"{'optimizer':9} {'implementation':20} {'ms/step':>8} {'spread':>7} {'x roof':>6} {'warm-up s':>9} {'state B/param':>13} {'temp B/param':>12}")
     for name, shp in dict.fromkeys((r["optimizer"], r["shape"]) for r in rows):
         mine = [r for r in rows if r["optimizer"] == name and r["shape"] == shp]
         if shp != rows[0]["shape"]: print(f"{name}, {mine[0]['tensors']} tensors of {shp} ({mine[0]['params'] / 1e6:.1f}M parameters):")
         for r in mine:
             print(f"{name:9} {r['impl']:20} {r['ms']:8.2f} {r['spread_ms']:7.2f} {r['ratio_roofline']:6.2f} {r['warmup_s']:9.2f} "
-                  f"{r['state_bytes']:8.1f} ({r['min_state_bytes']})" + (f" {r['peak_mib']:8.1f}" if device.type == "cuda" else ""))
+                  f"{r['state_bytes']:8.1f} ({r['min_state_bytes']}) {r['temp_bytes']:12.2f}")
         fused = next((r for r in mine if r["impl"] == "optbook fused"), None)
         peers_rows = [r for r in mine if not r["impl"].startswith("optbook")]
         if fused and peers_rows:

@@ -540,7 +540,18 @@ def test_nan_sign_keeps_nonfinite_values_visible():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         compiled = torch.compile(core.nan_sign, fullgraph=True)(x.clone())
+        compiled_copy = torch.compile(core.nan_sign, fullgraph=True)(x.clone(), x.clone())
     torch.testing.assert_close(compiled, want, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(compiled_copy, want, equal_nan=True, rtol=0, atol=0)
+    # with a copy of x: the sign in x's own memory (no temporary), NaN read from the copy
+    u = x.clone()
+    got = core.nan_sign(u, copy=x.clone())
+    assert got.data_ptr() == u.data_ptr()
+    torch.testing.assert_close(u, want, equal_nan=True, rtol=0, atol=0)
+    us = TensorList([x.clone(), x[:3].clone()])
+    core.nan_sign(us, copy=TensorList([x, x[:3]]))
+    torch.testing.assert_close(us[0], want, equal_nan=True, rtol=0, atol=0)
+    torch.testing.assert_close(us[1], want[:3], equal_nan=True, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("foreach", [False, True])

@@ -19,7 +19,9 @@
 - bfloat16 parameters; FakeTensorMode "cuda" (torch's kernel runs; a compiled rule runs eagerly there, see the test);
 - on a real GPU (skipped without one): equal to the reference there;
 - optimizers whose update is not elementwise (Muon, Shampoo, L-BFGS) are refused;
-- a whole training step under torch.compile, with fused=True, gives the eager iterates.
+- a whole training step under torch.compile, with fused=True, gives the eager iterates;
+- one step's temporary memory (the CPU allocator's peak, `step_peak_bytes`): optbook's for-loop and foreach paths hold
+  no more than torch.optim's, the fused path no more than torch's fused kernel, or a few scalars where torch has none.
 """
 import contextlib
 import math
@@ -429,6 +431,43 @@ def test_steady_heap_keeps_freed_memory(tmp_path):
     assert heap == "kept" and most < 100, (heap, most)
     heap, _, least = probe("0")
     assert heap == "default" and least > 10_000, (heap, least)
+
+
+def test_step_peak_bytes_counts_what_lives_at_once():
+    """`step_peak_bytes` on the CPU: the peak of the allocator's record, not the sum of what was allocated. √x then an
+    out-of-place division holds two lists of temporaries at once, an in-place division one; a compiled function's
+    output, allocated inside Inductor's generated code, is counted too."""
+    xs = [torch.rand(10_000 + 100 * i) for i in range(4)]
+    n = sum(x.numel() for x in xs)
+    two = fused.step_peak_bytes(lambda: torch._foreach_div(torch._foreach_sqrt(xs), 2.0))
+    one = fused.step_peak_bytes(lambda: torch._foreach_div_(torch._foreach_sqrt(xs), 2.0))
+    assert abs(two - 8 * n) < 1024 and abs(one - 4 * n) < 1024, (two / n, one / n)
+    f = torch.compile(lambda x: x * 2.0 + 1.0)
+    f(xs[0])
+    assert abs(fused.step_peak_bytes(lambda: f(xs[0])) - 4 * xs[0].numel()) < 1024
+    assert fused.step_peak_bytes(lambda: xs[0].mul_(1.0)) < 1024
+
+
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_no_path_holds_more_temporaries_than_torchs(name):
+    """One step's temporary memory (`fused.step_peak_bytes`, after two steps of warm-up), in float64 with the options of
+    the tests above: optbook's for-loop and foreach paths hold no more than torch.optim's same paths, and the fused path
+    no more than torch's fused kernel, or, where torch has none, than a few scalars (a single-pass step needs no
+    parameter-sized temporary). Adam's √v̂ written `v.sqrt() / c` held two foreach temporaries at once, 16 bytes per
+    parameter here against torch's 8: that fails this test. The slack, 1 KiB, is a few 0-dim tensors (step counts)."""
+    cls, kw = getattr(optbook, name), SETTINGS[name]
+    base = params([(5_000 + 100 * i,) for i in range(4)])
+    for p in base: p.grad = torch.randn_like(p)
+    n = sum(p.numel() for p in base)
+    def temp(make): return fused.Timed(make, base, warm=2).temp_bytes * n
+    ours = {path: temp(lambda ps: cls(ps, **kw, **opts)) for path, opts in
+            (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True)), ("fused", dict(fused=True)))}
+    assert ours["fused"] < 1024, ours
+    tcls = getattr(torch.optim, name, None)
+    if tcls is None: return
+    theirs = {"for-loop": temp(lambda ps: tcls(ps, **kw, foreach=False)), "foreach": temp(lambda ps: tcls(ps, **kw, foreach=True))}
+    for path in theirs: assert ours[path] <= theirs[path] + 1024, (path, ours, theirs)
+    if name in fused.TORCH_FUSED: assert ours["fused"] <= temp(lambda ps: tcls(ps, **kw, fused=True)) + 1024
 
 
 def test_run_bench_at_one_shape_and_nested_state():
