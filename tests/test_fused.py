@@ -448,18 +448,20 @@ def test_step_peak_bytes_counts_what_lives_at_once():
     assert fused.step_peak_bytes(lambda: xs[0].mul_(1.0)) < 1024
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                       reason="needs a CUDA device"))])
 @pytest.mark.parametrize("name", list(SETTINGS))
-def test_no_path_holds_more_temporaries_than_torchs(name):
+def test_no_path_holds_more_temporaries_than_torchs(name, device):
     """One step's temporary memory (`fused.step_peak_bytes`, after two steps of warm-up), in float64 with the options of
     the tests above: optbook's for-loop and foreach paths hold no more than torch.optim's same paths, and the fused path
     no more than torch's fused kernel, or, where torch has none, than a few scalars (a single-pass step needs no
     parameter-sized temporary). Adam's √v̂ written `v.sqrt() / c` held two foreach temporaries at once, 16 bytes per
     parameter here against torch's 8: that fails this test. The slack, 1 KiB, is a few 0-dim tensors (step counts)."""
     cls, kw = getattr(optbook, name), SETTINGS[name]
-    base = params([(5_000 + 100 * i,) for i in range(4)])
+    base = params([(5_000 + 100 * i,) for i in range(4)], device=device)
     for p in base: p.grad = torch.randn_like(p)
     n = sum(p.numel() for p in base)
-    def temp(make): return fused.Timed(make, base, warm=2).temp_bytes * n
+    def temp(make): return fused.Timed(make, base, warm=2).temp_bytes * n   # on CUDA max_memory_allocated (512-byte blocks)
     ours = {path: temp(lambda ps: cls(ps, **kw, **opts)) for path, opts in
             (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True)), ("fused", dict(fused=True)))}
     assert ours["fused"] < 1024, ours
@@ -467,7 +469,8 @@ def test_no_path_holds_more_temporaries_than_torchs(name):
     if tcls is None: return
     theirs = {"for-loop": temp(lambda ps: tcls(ps, **kw, foreach=False)), "foreach": temp(lambda ps: tcls(ps, **kw, foreach=True))}
     for path in theirs: assert ours[path] <= theirs[path] + 1024, (path, ours, theirs)
-    if name in fused.TORCH_FUSED: assert ours["fused"] <= temp(lambda ps: tcls(ps, **kw, fused=True)) + 1024
+    if name in fused.TORCH_FUSED and (name != "Adagrad" or device == "cpu"):   # torch's fused Adagrad: CPU only
+        assert ours["fused"] <= temp(lambda ps: tcls(ps, **kw, fused=True)) + 1024
 
 
 def test_run_bench_at_one_shape_and_nested_state():
