@@ -146,7 +146,10 @@ BENCH_OPTS ?=
 # PyPI build and its CUDA libraries (torch imports them even on a CPU; no multi-GB download is repeated once the venv
 # exists). optbook itself comes from this tree (PYTHONPATH). The compiled rules and the fused path (tests/test_fused.py)
 # are tested too: torch's compiler changes between versions, and fused=True once failed on Colab's torch 2.11 only
-# (about 2.5 min more per version on 2 cores). Not part of `make test`; CI runs it after (.ci/run).
+# (about 2.5 min more per version on 2 cores). Spread over TEST_WORKERS processes with one torch thread each, as `make
+# unit` is. One by one, on a slow day of this 2-core machine (CI's make test took 1545 s, against 619 s the day before),
+# torch 2.6.0's tests took 831 s and 2.11.0's 633 s, and CI had run 62 min before colab-run began: near CI's limit of
+# 90. Not part of `make test`; CI runs it after (.ci/run).
 FLOOR_TORCH ?= 2.6.0 2.11.0
 FLOOR_TESTS := tests/test_core.py tests/test_registry.py tests/test_sgd.py tests/test_adaptive.py tests/test_adam.py \
                tests/test_shampoo.py tests/test_sign.py tests/test_muon.py tests/test_lbfgs.py tests/test_compare.py \
@@ -167,10 +170,12 @@ test-floor:
 	      echo "make test-floor: installing torch $$v with its CUDA libraries needs about $(FLOOR_FREE_GB) GB free in $(CURDIR)," \
 	           "and only $$free GB are free. Free some space (earlier .venv-torch-* folders can go) and rerun."; exit 1; fi; \
 	    echo "Setting up $$venv (torch==$$v from PyPI; $$free GB free)"; python3 -m venv $$venv; \
-	    $$venv/bin/pip install -q --no-cache-dir "torch==$$v" numpy pytest hypothesis tqdm; \
+	    $$venv/bin/pip install -q --no-cache-dir "torch==$$v" numpy pytest pytest-xdist hypothesis tqdm; \
 	    $$venv/bin/pip install -q --no-cache-dir --no-deps lion-pytorch; touch $$venv/.installed; fi; \
+	  $$venv/bin/python -c "import xdist" 2>/dev/null || $$venv/bin/pip install -q --no-cache-dir pytest-xdist; \
 	  echo "torch $$v:"; status=0; \
-	  PYTHONPATH=$(CURDIR) $$venv/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS) || status=$$?; \
+	  PYTHONPATH=$(CURDIR) OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $$venv/bin/python -m pytest -q -p no:cacheprovider \
+	    -n $(TEST_WORKERS) $(FLOOR_TESTS) || status=$$?; \
 	  if [ "$(FLOOR_KEEP)" = 0 ]; then rm -rf $$venv; fi; \
 	  if [ $$status != 0 ]; then echo "make test-floor: torch $$v failed"; exit $$status; fi; \
 	  echo "make test-floor: torch $$v passed in $$(( $$(date +%s) - start )) s"; \

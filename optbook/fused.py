@@ -816,7 +816,10 @@ def step_peak_bytes(step: Callable, device="cpu") -> float:
         step(); torch.cuda.synchronize(device)
         return float(max(0, torch.cuda.max_memory_allocated(device) - before))
     from torch.profiler import profile, ProfilerActivity
-    with _QuietStderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof: step()
+    with _QuietStderr(), warnings.catch_warnings():
+        # torch 2.11 warns once per process that events are kept for one cycle only: one cycle is all this records
+        warnings.filterwarnings("ignore", message="Warning: Profiler clears events", category=UserWarning)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof: step()
     results = getattr(prof.profiler, "kineto_results", None)
     if results is None: return float("nan")
     events = sorted((e for e in results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns())
